@@ -1,0 +1,38 @@
+# prn-lightning. `make train` and `make test` each set everything up on first use (a .venv in the repo).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FAISS ?= cpu            # cpu | gpu  (gpu: faiss-gpu with its CUDA 12 runtime wheels)
+CATEGORY ?=
+DATASET ?=
+SWEEP ?= prototype_ratio
+ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install train test bench sweep table clean-venv
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24" setuptools wheel
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,$(strip $(FAISS))]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/python -m prn_lightning.workflows.make_train "$(DATASET)" "$(CATEGORY)" $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py $(ARGS)
+
+sweep: $(STAMP)
+	$(BIN)/python -m prn_lightning.workflows.make_train --sweep "$(SWEEP)" "$(DATASET)" "$(CATEGORY)" $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

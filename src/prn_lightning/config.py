@@ -1,0 +1,122 @@
+"""Config composition: experiments/default.yaml + one file per group + an experiment file + dotlist overrides.
+
+Every group has a `base.yaml` holding all of its keys with their documented defaults; the selected file of the
+group (e.g. `data/mvtec.yaml`) may only override keys that exist there. The result is in struct mode, so a typo
+anywhere (file or command line) fails with the key's name and the closest valid keys.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Iterable
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+GROUPS = ("data", "model", "trainer", "logger")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which and how to fix it."""
+
+
+def experiments_dir() -> Path:
+    """The folder with the YAML configs: $PRN_EXPERIMENTS_DIR, else `experiments/` of this checkout."""
+    env = os.environ.get("PRN_EXPERIMENTS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "experiments"
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        choices = sorted(p.stem for p in path.parent.glob("*.yaml") if p.stem != "base")
+        raise ConfigError(f"config file {path} does not exist; choose one of: {', '.join(choices) or '(none)'}")
+    cfg = OmegaConf.load(path)
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping")
+    return cfg
+
+
+def _flat_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in cfg.keys():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        value = cfg._get_node(key)
+        if isinstance(value, DictConfig):
+            keys.extend(_flat_keys(value, full + "."))
+    return keys
+
+
+def _unknown_key_error(base: DictConfig, key: str, source: str) -> ConfigError:
+    valid = _flat_keys(base)
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    if not close:  # compare the last component too: `data.numseen` -> `data.num_seen_anomalies`
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in valid if difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], cutoff=0.6)][:3]
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key '{key}' in {source}{hint}")
+
+
+def _merge_checked(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
+    """Merge `update` onto struct-mode `base`, turning unknown keys into a ConfigError naming the key."""
+    OmegaConf.set_struct(base, True)
+    for key in _flat_keys(update):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        if node is None or (isinstance(node, DictConfig) and leaf not in node):
+            raise _unknown_key_error(base, key, source)
+    try:
+        return OmegaConf.merge(base, update)
+    except (ConfigAttributeError, ConfigKeyError) as err:
+        raise ConfigError(f"{source}: {err}") from err
+
+
+def _split_overrides(overrides: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """Separate group choices (`data=mvtec`, `experiment=x`) from value overrides (`data.category=carpet`)."""
+    choices, values = {}, []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. model.prototype_ratio=0.2)")
+        key, value = item.split("=", 1)
+        if key in GROUPS or key == "experiment":
+            choices[key] = value
+        else:
+            values.append(item)
+    return choices, values
+
+
+def load_config(overrides: Iterable[str] = (), root: Path | None = None) -> DictConfig:
+    """Compose the run config from `experiments/` and dotlist overrides; returns a struct-mode DictConfig."""
+    root = Path(root) if root else experiments_dir()
+    choices, values = _split_overrides(list(overrides))
+    default = _load_yaml(root / "default.yaml")
+    selected = dict(default.get("defaults", {}))
+    experiment_name = choices.get("experiment", default.get("experiment"))
+    experiment = None
+    if experiment_name:
+        experiment = _load_yaml(root / "experiment" / f"{experiment_name}.yaml")
+        selected.update(experiment.get("defaults", {}) or {})
+    selected.update({k: v for k, v in choices.items() if k in GROUPS})
+
+    cfg = OmegaConf.create({k: v for k, v in default.items() if k != "defaults"})
+    for group in GROUPS:
+        group_base = _load_yaml(root / group / "base.yaml")
+        choice = _load_yaml(root / group / f"{selected[group]}.yaml")
+        group_cfg = _merge_checked(group_base, choice, f"{root / group / selected[group]}.yaml")
+        cfg = OmegaConf.merge(cfg, group_cfg)
+    cfg.experiment = experiment_name
+    OmegaConf.set_struct(cfg, True)
+    if experiment is not None:
+        body = OmegaConf.create({k: v for k, v in experiment.items() if k != "defaults"})
+        cfg = _merge_checked(cfg, body, f"{root / 'experiment' / experiment_name}.yaml")
+    if values:
+        try:
+            dotlist = OmegaConf.from_dotlist(values)
+        except Exception as err:  # omegaconf raises several types for malformed dotlists
+            raise ConfigError(f"cannot parse overrides {values}: {err}") from err
+        cfg = _merge_checked(cfg, dotlist, "the command line")
+    OmegaConf.set_struct(cfg, True)
+    return cfg
