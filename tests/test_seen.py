@@ -1,0 +1,64 @@
+"""The seen-anomaly draw: even over defect types, reproducible, removed from the test set, recorded."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from prn_lightning.data.errors import DatasetError
+from prn_lightning.data.records import ANOMALOUS, NORMAL, CategorySplits, Sample
+from prn_lightning.data.seen import read_seen_list, select_seen_anomalies, split_seen, write_seen_list
+
+
+def _splits(per_type: dict[str, int], normals: int = 5) -> CategorySplits:
+    test = [Sample(Path(f"good/{i}.png"), None, NORMAL) for i in range(normals)]
+    test += [Sample(Path(f"{d}/{i}.png"), Path(f"gt/{d}/{i}_mask.png"), ANOMALOUS, d)
+             for d, n in per_type.items() for i in range(n)]
+    return CategorySplits("folder", "x", Path("."), train=[], test=test)
+
+
+def test_spread_evenly_over_defect_types():
+    splits = _splits({"a": 10, "b": 10, "c": 10, "d": 10, "e": 10})
+    assert Counter(s.defect_type for s in select_seen_anomalies(splits.test, 10, 0)) == dict.fromkeys("abcde", 2)
+    counts = Counter(s.defect_type for s in select_seen_anomalies(splits.test, 7, 0))
+    assert sum(counts.values()) == 7 and max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_small_types_run_out_and_others_fill_in():
+    splits = _splits({"rare": 1, "common": 20})
+    seen = select_seen_anomalies(splits.test, 6, 3)
+    assert Counter(s.defect_type for s in seen) == {"rare": 1, "common": 5}
+
+
+def test_deterministic_by_seed_and_independent_of_input_order():
+    splits = _splits({"a": 30, "b": 30})
+    first = select_seen_anomalies(splits.test, 6, 42)
+    assert first == select_seen_anomalies(list(reversed(splits.test)), 6, 42)
+    assert first != select_seen_anomalies(splits.test, 6, 43)
+
+
+def test_split_removes_seen_from_test_and_keeps_the_rest():
+    splits = _splits({"a": 4, "b": 4})
+    seen, test = split_seen(splits, 4, 1)
+    assert len(seen) == 4 and not set(seen) & set(test)
+    assert sorted(map(str, (s.image_path for s in seen + test))) == sorted(str(s.image_path) for s in splits.test)
+    assert all(s.label == ANOMALOUS for s in seen)
+
+
+def test_zero_and_too_many():
+    splits = _splits({"a": 2, "b": 1})
+    seen, test = split_seen(splits, 0, 0)
+    assert seen == [] and test == splits.test
+    with pytest.raises(DatasetError, match=r"num_seen_anomalies=4 .* only 3 anomalous"):
+        split_seen(splits, 4, 0)
+    with pytest.raises(DatasetError, match="num_seen_anomalies"):
+        split_seen(splits, -1, 0)
+
+
+def test_write_and_read_seen_list(tmp_path):
+    seen = select_seen_anomalies(_splits({"a": 3, "b": 3}).test, 4, 0)
+    path = write_seen_list(tmp_path / "run" / "seen_anomalies.txt", seen)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 5 and lines[1].split("\t")[:2] == [str(seen[0].image_path), seen[0].defect_type]
+    assert read_seen_list(path) == seen
