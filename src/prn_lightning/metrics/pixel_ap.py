@@ -1,0 +1,14 @@
+"""Pixel-level average precision (sklearn's average_precision_score semantics, not a trapezoid over the PR curve)."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from prn_lightning.metrics.ranking import average_precision
+from prn_lightning.metrics.states import PixelMetric
+
+
+class PixelAP(PixelMetric):
+    """update(anomaly_maps (B, H, W) float, masks (B, H, W) {0, 1}); compute() -> float64 scalar (nan if undefined)."""
+
+    def compute(self) -> Tensor:
+        return average_precision(self._pixel_curve())
