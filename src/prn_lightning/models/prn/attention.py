@@ -1,0 +1,87 @@
+"""Multi-size self-attention (MSA): attention among non-overlapping patches of several sizes.
+
+At a map of height h, head s cuts the map into patches of size h / 2^s (h, h/2, h/4, h/8 for 4 sizes: 1, 4, 16, 64
+tokens), each patch flattened to one token of dimension D = patch_h x patch_w x c. Patches then attend to each other
+(softmax(Q K^T / D) V, D being the token dimension, as in the paper and its re-implementation), which lets an
+anomalous region be compared with the normal context around it at several extents.
+
+Cost: Q, K and V come from one 1x1 conv of the map shared by the heads (the same linear map at every pixel of a
+patch, so its size does not grow with the patch), and the reduction uses a 1x1 conv plus a depthwise 3x3 conv. A
+block then holds about 7 c^2 weights (c = its channels): per-head projections and a dense 3x3 reduction would hold
+25 c^2, which for wide_resnet50_2 (c = 2048 at stage 3) means over 400 M parameters.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def patch_sizes(height: int, width: int, num_sizes: int) -> list[tuple[int, int]]:
+    """Patch size per head: (h / 2^s, w / 2^s), floored and clamped to >= 1 for small maps."""
+    return [(max(1, height >> s), max(1, width >> s)) for s in range(num_sizes)]
+
+
+def patch_attention(qkv: Tensor, patch: tuple[int, int]) -> Tensor:
+    """Self-attention among the patches of `qkv` (B, 3c, H, W) -> (B, c, H, W).
+
+    A map that the patch size does not divide is zero-padded at the bottom/right and cropped back afterwards.
+    """
+    batch, channels3, height, width = qkv.shape
+    channels = channels3 // 3
+    ph, pw = patch
+    pad_h, pad_w = (-height) % ph, (-width) % pw
+    if pad_h or pad_w:
+        qkv = F.pad(qkv, (0, pad_w, 0, pad_h))
+    nh, nw = qkv.shape[-2] // ph, qkv.shape[-1] // pw
+    tokens = (qkv.reshape(batch, 3, channels, nh, ph, nw, pw)
+              .permute(1, 0, 3, 5, 2, 4, 6)
+              .reshape(3, batch, nh * nw, channels * ph * pw))
+    q, k, v = tokens.unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / q.shape[-1])
+    out = (out.reshape(batch, nh, nw, channels, ph, pw)
+           .permute(0, 3, 1, 4, 2, 5)
+           .reshape(batch, channels, nh * ph, nw * pw))
+    return out[:, :, :height, :width]
+
+
+class MultiSizeAttentionBlock(nn.Module):
+    """One MSA block: a head per patch size, outputs concatenated and reduced back by a residual conv block.
+
+    out = ReLU(x + BN(depthwise_conv3x3(ReLU(BN(conv1x1(concat(heads)))))))
+    """
+
+    def __init__(self, channels: int, num_sizes: int = 4) -> None:
+        super().__init__()
+        self.num_sizes = num_sizes
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.reduce = nn.Sequential(
+            nn.Conv2d(channels * num_sizes, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        qkv = self.qkv(x)
+        heads = [patch_attention(qkv, size) for size in patch_sizes(x.shape[-2], x.shape[-1], self.num_sizes)]
+        return torch.relu(x + self.reduce(torch.cat(heads, dim=1)))
+
+
+class MultiSizeAttention(nn.Module):
+    """`blocks` MSA blocks at each stage; stages are processed independently (fusion happens around MSA)."""
+
+    def __init__(self, channels: Sequence[int], blocks: int = 3, num_sizes: int = 4) -> None:
+        super().__init__()
+        if blocks < 1 or num_sizes < 1:
+            raise ValueError(f"model.msa_blocks={blocks} and model.msa_sizes={num_sizes} must both be >= 1 "
+                             "(switch MSA off with model.use_msa=false)")
+        self.stages = nn.ModuleList(
+            nn.Sequential(*[MultiSizeAttentionBlock(c, num_sizes) for _ in range(blocks)]) for c in channels
+        )
+
+    def forward(self, maps: Sequence[Tensor]) -> list[Tensor]:
+        return [stage(x) for stage, x in zip(self.stages, maps)]

@@ -1,0 +1,161 @@
+"""Multi-scale normal prototypes: K whole feature maps per stage, clustered with FAISS k-means.
+
+The prototypes are buffers, so they travel in the state dict and a checkpoint restores them without re-clustering
+(their K is only known after `fit`, so loading resizes the buffers to the checkpoint's shapes). Nearest-prototype
+search uses a FAISS `IndexFlatL2` built lazily from the buffers; it lives on the current CUDA device when FAISS has
+GPU support and a GPU is visible, on the CPU otherwise.
+
+Memory: stage j holds K x D float32 values, D = c_j x h_j x w_j, i.e. K x D x 4 bytes, once in the buffer and once
+more in the FAISS index. Examples at 256 px: EfficientNet-Lite0 stage 1 is 24 x 64 x 64 = 98,304 floats (384 KiB)
+per prototype; wide_resnet50_2 stage 1 is 256 x 64 x 64 = 1,048,576 floats (4 MiB) per prototype, so K = 20 costs
+80 MiB for that stage (x2 with the index). Clustering needs N x D floats (all normal training images).
+"""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class PrototypeError(ValueError):
+    """Prototypes that cannot be fitted or used as asked; the message says which value and how to fix it."""
+
+
+def faiss_gpu_available() -> bool:
+    """FAISS was built with GPU support and a CUDA device is visible (faiss-cpu has no GPU entry points)."""
+    return torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+_GPU_RESOURCES: dict[int, object] = {}
+
+
+def on_best_device(index: faiss.Index) -> faiss.Index:
+    """`index` moved to the current CUDA device when FAISS can use it, else `index` itself (CPU).
+
+    One device per process (the current one), so DDP ranks do not all pile onto GPU 0 as `index_cpu_to_all_gpus`
+    would. The GPU resources are kept per device for the life of the process.
+    """
+    if not faiss_gpu_available():
+        return index
+    device = torch.cuda.current_device()
+    if device not in _GPU_RESOURCES:
+        _GPU_RESOURCES[device] = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(_GPU_RESOURCES[device], device, index)
+
+
+def number_of_prototypes(ratio: float, num_images: int) -> int:
+    """K = max(1, round(ratio * N)) (Python's round: halves go to the even neighbour)."""
+    return max(1, round(ratio * num_images))
+
+
+class PrototypeBank(nn.Module):
+    """Per-stage prototype tensors (K, c, h, w) as buffers, with FAISS nearest-prototype lookup."""
+
+    def __init__(self, num_stages: int) -> None:
+        super().__init__()
+        self.num_stages = num_stages
+        for stage in range(num_stages):
+            self.register_buffer(self._name(stage), torch.empty(0))
+        self._indexes: dict[int, faiss.Index] = {}
+
+    @staticmethod
+    def _name(stage: int) -> str:
+        return f"stage_{stage}"
+
+    def __getitem__(self, stage: int) -> Tensor:
+        """The prototypes of `stage`, shape (K, c, h, w)."""
+        return self._buffers[self._name(stage)]
+
+    @property
+    def fitted(self) -> bool:
+        return all(self[stage].numel() > 0 for stage in range(self.num_stages))
+
+    def counts(self) -> list[int]:
+        """K per stage (0 before fit)."""
+        return [self[stage].shape[0] if self[stage].dim() == 4 else 0 for stage in range(self.num_stages)]
+
+    def fit(self, stage_features: list[Tensor], ratio: float, iterations: int = 25, seed: int = 0) -> None:
+        """K-means over the flattened feature maps of all normal training images, one clustering per stage.
+
+        `stage_features[j]` is (N, c_j, h_j, w_j), normally on the CPU (see PRNNetwork.extract_prototype_features).
+        """
+        if len(stage_features) != self.num_stages:
+            raise PrototypeError(f"fit() needs features of {self.num_stages} stages, got {len(stage_features)}")
+        if not 0.0 < ratio <= 1.0:
+            raise PrototypeError(f"model.prototype_ratio={ratio} must be in (0, 1] (K = ratio x normal images)")
+        if iterations < 1:
+            raise PrototypeError(f"model.kmeans_iterations={iterations} must be at least 1")
+        for stage, features in enumerate(stage_features):
+            if features.dim() != 4 or features.shape[0] == 0:
+                raise PrototypeError(f"stage {stage} features must be (N, c, h, w) with N >= 1 normal images, "
+                                     f"got {tuple(features.shape)}")
+            n = features.shape[0]
+            k = number_of_prototypes(ratio, n)
+            data = np.ascontiguousarray(features.detach().reshape(n, -1).float().cpu().numpy())
+            # min_points_per_centroid=1 only silences FAISS' warning for few images per centroid.
+            kmeans = faiss.Kmeans(data.shape[1], k, niter=iterations, seed=seed, min_points_per_centroid=1)
+            kmeans.index = on_best_device(kmeans.index)
+            kmeans.train(data)
+            centroids = torch.from_numpy(kmeans.centroids.copy()).reshape(k, *features.shape[1:])
+            self._buffers[self._name(stage)] = centroids.to(self[stage].device)
+        self._indexes.clear()
+
+    def _index(self, stage: int) -> faiss.Index:
+        """The flat L2 index over stage `stage`'s prototypes, built on first use after fit or load."""
+        if stage not in self._indexes:
+            prototypes = self[stage]
+            flat = np.ascontiguousarray(prototypes.detach().reshape(prototypes.shape[0], -1).float().cpu().numpy())
+            index = on_best_device(faiss.IndexFlatL2(flat.shape[1]))
+            index.add(flat)
+            self._indexes[stage] = index
+        return self._indexes[stage]
+
+    def nearest(self, stage: int, features: Tensor) -> Tensor:
+        """For each map in `features` (B, c, h, w), the prototype nearest in L2 over the whole map (B, c, h, w).
+
+        The result is gathered from the buffer and returned on `features`' device and dtype.
+        """
+        if not self.fitted:
+            raise PrototypeError(
+                "prototypes are not fitted: call prototypes.fit(network.extract_prototype_features(...), ratio, ...) "
+                "or load a checkpoint that holds them before running the network"
+            )
+        prototypes = self[stage]
+        if features.shape[1:] != prototypes.shape[1:]:
+            raise PrototypeError(
+                f"stage {stage} features {tuple(features.shape[1:])} do not match the prototypes "
+                f"{tuple(prototypes.shape[1:])}: the image size or backbone differs from the one the prototypes were "
+                "fitted with"
+            )
+        query = np.ascontiguousarray(features.detach().reshape(features.shape[0], -1).float().cpu().numpy())
+        _, ids = self._index(stage).search(query, 1)
+        nearest = prototypes.index_select(0, torch.from_numpy(ids[:, 0]).to(prototypes.device))
+        return nearest.to(device=features.device, dtype=features.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """Resize the buffers to the checkpoint's K (and maps) so loading never needs re-clustering."""
+        for stage in range(self.num_stages):
+            key = prefix + self._name(stage)
+            if key in state_dict and state_dict[key].shape != self[stage].shape:
+                current = self[stage]
+                self._buffers[self._name(stage)] = torch.empty(
+                    state_dict[key].shape, dtype=current.dtype, device=current.device)
+        self._indexes.clear()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _apply(self, fn, recurse: bool = True):
+        """Moving or casting the buffers (`.to`, `.cuda`, `.half`) invalidates the indexes built from them."""
+        self._indexes.clear()
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        """Pickling (DDP spawn, deepcopy) drops the FAISS indexes; they are rebuilt from the buffers on demand."""
+        state = self.__dict__.copy()
+        state["_indexes"] = {}
+        return state
+
+    def extra_repr(self) -> str:
+        return f"num_stages={self.num_stages}, K={self.counts()}"

@@ -1,0 +1,104 @@
+"""PrototypeBank: FAISS k-means and nearest-prototype search, checkpoint round trips without re-clustering."""
+from __future__ import annotations
+
+import copy
+
+import faiss
+import pytest
+import torch
+
+from prn_lightning.models.prn.prototypes import PrototypeBank, PrototypeError, number_of_prototypes
+
+SHAPES = [(4, 8, 8), (6, 4, 4), (8, 2, 2)]
+
+
+def _features(n: int, seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, *shape, generator=generator) for shape in SHAPES]
+
+
+def _fitted_bank(n: int = 40, ratio: float = 0.25, seed: int = 0) -> PrototypeBank:
+    bank = PrototypeBank(len(SHAPES))
+    bank.fit(_features(n, seed=1), ratio=ratio, iterations=10, seed=seed)
+    return bank
+
+
+def test_nearest_equals_brute_force_search():
+    bank = _fitted_bank()
+    queries = _features(7, seed=2)
+    for stage, query in enumerate(queries):
+        prototypes = bank[stage]
+        assert prototypes.shape == (10, *SHAPES[stage])
+        expected = torch.cdist(query.flatten(1), prototypes.flatten(1)).argmin(dim=1)
+        torch.testing.assert_close(bank.nearest(stage, query), prototypes[expected], rtol=0, atol=0)
+    # A slightly perturbed prototype finds itself.
+    target = bank[1][3:4] + 1e-3 * torch.randn(1, *SHAPES[1])
+    assert torch.equal(bank.nearest(1, target), bank[1][3:4])
+
+
+def test_number_of_prototypes_formula():
+    assert number_of_prototypes(0.1, 60) == 6
+    assert number_of_prototypes(0.1, 3) == 1  # round(0.3) = 0 -> at least one prototype
+    assert number_of_prototypes(0.05, 10) == 1  # round(0.5) = 0 (half to even) -> 1
+    assert number_of_prototypes(0.1, 25) == 2  # round(2.5) = 2
+    assert number_of_prototypes(1.0, 17) == 17
+    bank = PrototypeBank(len(SHAPES))
+    assert bank.counts() == [0, 0, 0] and not bank.fitted
+    bank.fit(_features(3, seed=0), ratio=0.1, iterations=3, seed=0)
+    assert bank.counts() == [1, 1, 1] and bank.fitted
+    # One prototype is the mean of all maps (k-means with k = 1).
+    torch.testing.assert_close(bank[0][0], _features(3, seed=0)[0].mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_fit_is_deterministic_for_a_seed():
+    first, second, other = _fitted_bank(seed=3), _fitted_bank(seed=3), _fitted_bank(seed=4)
+    for stage in range(len(SHAPES)):
+        assert torch.equal(first[stage], second[stage])
+    assert any(not torch.equal(first[s], other[s]) for s in range(len(SHAPES)))
+
+
+def test_state_dict_round_trip_needs_no_clustering(monkeypatch):
+    bank = _fitted_bank()
+    queries = _features(5, seed=9)
+    expected = [bank.nearest(stage, q) for stage, q in enumerate(queries)]
+    state = copy.deepcopy(bank.state_dict())
+
+    def no_clustering(*args, **kwargs):
+        raise AssertionError("loading prototypes must not run k-means")
+
+    monkeypatch.setattr(faiss, "Kmeans", no_clustering)
+    fresh = PrototypeBank(len(SHAPES))
+    fresh.load_state_dict(state, strict=True)
+    assert fresh.counts() == [10, 10, 10] and fresh.fitted
+    for stage, query in enumerate(queries):
+        assert torch.equal(fresh.nearest(stage, query), expected[stage])
+
+    # A bank that already holds other prototypes (different K) is resized and its search index rebuilt.
+    monkeypatch.undo()
+    other = _fitted_bank(ratio=0.5, seed=5)
+    other.nearest(0, queries[0])  # build its index with the old prototypes
+    other.load_state_dict(state, strict=True)
+    assert other.counts() == [10, 10, 10]
+    for stage, query in enumerate(queries):
+        assert torch.equal(other.nearest(stage, query), expected[stage])
+
+
+def test_deepcopy_keeps_prototypes_and_rebuilds_the_index():
+    bank = _fitted_bank()
+    query = _features(4, seed=11)[2]
+    answer = bank.nearest(2, query)
+    clone = copy.deepcopy(bank)
+    assert torch.equal(clone.nearest(2, query), answer)
+
+
+def test_errors_before_fit_and_for_bad_input():
+    bank = PrototypeBank(len(SHAPES))
+    with pytest.raises(PrototypeError, match="not fitted"):
+        bank.nearest(0, torch.randn(1, *SHAPES[0]))
+    with pytest.raises(PrototypeError, match="model.prototype_ratio"):
+        bank.fit(_features(10, seed=0), ratio=1.5, iterations=3, seed=0)
+    with pytest.raises(PrototypeError, match="3 stages"):
+        bank.fit(_features(10, seed=0)[:2], ratio=0.5, iterations=3, seed=0)
+    fitted = _fitted_bank()
+    with pytest.raises(PrototypeError, match="image size or backbone"):
+        fitted.nearest(0, torch.randn(1, 4, 16, 16))
