@@ -103,15 +103,34 @@ def load_config(overrides: Iterable[str] = (), root: Path | None = None) -> Dict
 
     cfg = OmegaConf.create({k: v for k, v in default.items() if k != "defaults"})
     for group in GROUPS:
-        group_base = _load_yaml(root / group / "base.yaml")
-        choice = _load_yaml(root / group / f"{selected[group]}.yaml")
-        group_cfg = _merge_checked(group_base, choice, f"{root / group / selected[group]}.yaml")
-        cfg = OmegaConf.merge(cfg, group_cfg)
+        cfg = OmegaConf.merge(cfg, _group_config(root, group, selected[group]))
     cfg.experiment = experiment_name
     OmegaConf.set_struct(cfg, True)
     if experiment is not None:
         body = OmegaConf.create({k: v for k, v in experiment.items() if k != "defaults"})
         cfg = _merge_checked(cfg, body, f"{root / 'experiment' / experiment_name}.yaml")
+    return apply_overrides(cfg, values, root)
+
+
+def _group_config(root: Path, group: str, name: str) -> DictConfig:
+    group_cfg = _merge_checked(_load_yaml(root / group / "base.yaml"), _load_yaml(root / group / f"{name}.yaml"),
+                               f"{root / group / name}.yaml")
+    OmegaConf.set_struct(group_cfg, False)
+    return group_cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: Iterable[str], root: Path | None = None) -> DictConfig:
+    """Overrides onto a composed `cfg`: group choices (`logger=none`) replace that group with its file, dotlist
+    values (`model.prototype_ratio=0.2`) set keys; unknown keys fail with the closest valid ones."""
+    root = Path(root) if root else experiments_dir()
+    choices, values = _split_overrides(list(overrides))
+    if "experiment" in choices:
+        raise ConfigError("experiment=NAME cannot be applied to an existing run's config; pass its keys instead")
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    for group, name in choices.items():
+        cfg[group] = _group_config(root, group, name)[group]
+    OmegaConf.set_struct(cfg, True)
     if values:
         try:
             dotlist = OmegaConf.from_dotlist(values)

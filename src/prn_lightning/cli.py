@@ -1,0 +1,150 @@
+"""The `prn` command: train, test, predict, sweep, table, dashboard, download, generate-synthetic.
+
+Config-driven commands take omegaconf dotlist overrides, e.g. `prn train data=mvtec data.category=carpet
+model.prototype_ratio=0.2`; group files are chosen with `data=NAME`, `model=NAME`, `trainer=NAME`, `logger=NAME`,
+`experiment=NAME` (files under experiments/).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+
+def _train(args: argparse.Namespace) -> None:
+    from prn_lightning.config import load_config
+    from prn_lightning.workflows.train import run_train
+
+    run_dir = run_train(load_config(args.overrides))
+    print(f"run directory: {run_dir}")
+
+
+def _test(args: argparse.Namespace) -> None:
+    from prn_lightning.config import load_config
+    from prn_lightning.workflows.train import run_test
+
+    run_test(load_config(args.overrides), args.overrides)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from prn_lightning.config import ConfigError, load_config
+    from prn_lightning.workflows.predict import run_predict
+
+    aliases = {"input": "predict.input", "out": "predict.out"}
+    overrides = [aliases.get(o.split("=", 1)[0], o.split("=", 1)[0]) + "=" + o.split("=", 1)[1] if "=" in o else o
+                 for o in args.overrides]
+    cfg = load_config(overrides)
+    if not cfg.ckpt or not cfg.predict.input or not cfg.predict.out:
+        raise ConfigError("prn predict needs ckpt=PATH input=IMAGE_OR_DIR out=DIR")
+    csv_path = run_predict(Path(cfg.ckpt), Path(cfg.predict.input), Path(cfg.predict.out),
+                           batch_size=int(cfg.data.eval_batch_size))
+    print(f"scores: {csv_path}")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from prn_lightning.workflows.sweep import export_wandb_sweep, run_sweep
+
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    if args.wandb_export:
+        path = export_wandb_sweep(Path(args.sweep_file), args.overrides, seeds, Path(args.wandb_export))
+        print(f"W&B sweep file: {path}  (then: wandb sweep {path}; wandb agent ENTITY/PROJECT/SWEEP_ID)")
+        return
+    run_sweep(Path(args.sweep_file), args.overrides, seeds=seeds,
+              runs_root=Path(args.runs_root) if args.runs_root else None)
+
+
+def _table(args: argparse.Namespace) -> None:
+    from prn_lightning.workflows.table import build_table
+
+    build_table(Path(args.runs_dir), logger=args.logger)
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    from prn_lightning.workflows.dashboard import build_dashboard
+
+    build_dashboard(args.target)
+
+
+def _download(args: argparse.Namespace) -> None:
+    from prn_lightning.data.download import download_dataset
+
+    path = download_dataset(args.dataset, Path(args.data_dir), url=args.url, sha256=args.sha256)
+    print(f"{args.dataset} is ready at {path}")
+
+
+def _generate_synthetic(args: argparse.Namespace) -> None:
+    from prn_lightning.data.synthetic import generate_synthetic
+
+    counts = generate_synthetic(Path(args.root), seed=args.seed)
+    for category, per_split in counts.items():
+        print(f"{category}: {per_split}")
+    print(f"synthetic dataset written to {args.root}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prn", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def config_command(name: str, handler, help_text: str) -> None:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("overrides", nargs="*", help="key=value dotlist overrides")
+        sub.set_defaults(handler=handler)
+
+    config_command("train", _train, "train PRN, then test the validation-selected checkpoint")
+    config_command("test", _test, "evaluate ckpt=PATH with the config it was trained with")
+    config_command("predict", _predict, "anomaly maps and scores: ckpt=PATH input=IMAGE_OR_DIR out=DIR")
+
+    sweep = commands.add_parser("sweep", help="run a sweep grid locally (restartable)")
+    sweep.add_argument("sweep_file", help="e.g. experiments/sweeps/prototype_ratio.yaml")
+    sweep.add_argument("overrides", nargs="*", help="fixed overrides for every run, e.g. data=mvtec")
+    sweep.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2")
+    sweep.add_argument("--runs-root", default=None, help="default: the config's runs_root")
+    sweep.add_argument("--wandb-export", default=None, metavar="OUT.yaml",
+                       help="write a W&B sweep file with these overrides and seeds instead of running locally")
+    sweep.set_defaults(handler=_sweep)
+
+    table = commands.add_parser("table", help="aggregate finished runs into paper-style tables")
+    table.add_argument("runs_dir")
+    table.add_argument("--logger", choices=("wandb", "none"), default="wandb", help="also log the table to W&B")
+    table.set_defaults(handler=_table)
+
+    dashboard = commands.add_parser("dashboard", help="W&B workspace (online) or PNG + HTML dashboard (offline)")
+    dashboard.add_argument("target", help="a runs directory, or ENTITY/PROJECT on W&B")
+    dashboard.set_defaults(handler=_dashboard)
+
+    download = commands.add_parser("download", help="download and verify a public dataset")
+    download.add_argument("dataset", help="mvtec, btad, dagm, ksdd2 or dtd")
+    download.add_argument("--data-dir", default="data")
+    download.add_argument("--url", default=None, help="override the archive URL")
+    download.add_argument("--sha256", default=None, help="override the expected checksum")
+    download.set_defaults(handler=_download)
+
+    synthetic = commands.add_parser("generate-synthetic", help="write the embedded synthetic dataset")
+    synthetic.add_argument("--root", default="data/synthetic")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(handler=_generate_synthetic)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from prn_lightning.config import ConfigError
+    from prn_lightning.data.errors import DatasetError
+    from prn_lightning.workflows.sweep import SweepFileError, SweepRunsFailed
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (ConfigError, DatasetError, FileNotFoundError, SweepFileError, SweepRunsFailed) as err:
+        if os.environ.get("PRN_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

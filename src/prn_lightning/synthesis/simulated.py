@@ -1,0 +1,25 @@
+"""Simulated anomalies (DRAEM-style): an anomaly-source image shown through a Perlin mask onto a normal image.
+
+S = (1 - M) * N + (1 - beta) * (M * A) + beta * (M * N), on images in [0, 1] before ImageNet normalisation.
+beta is the opacity of the normal image inside the mask: beta = 0 pastes the source, beta near 1 leaves a faint trace.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def sample_beta(batch: int, beta_range: tuple[float, float], *, generator: torch.Generator,
+                device: torch.device | str) -> torch.Tensor:
+    """Opacities (B, 1, 1, 1) drawn uniformly in [low, high) (data.beta), ready to broadcast over images."""
+    low, high = float(beta_range[0]), float(beta_range[1])
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"data.beta must be [low, high] with 0 <= low <= high <= 1, got {list(beta_range)}")
+    beta = torch.rand(batch, 1, 1, 1, generator=generator, device=device)
+    return low + (high - low) * beta
+
+
+def simulate_anomalies(normal: torch.Tensor, source: torch.Tensor, mask: torch.Tensor,
+                       beta: torch.Tensor) -> torch.Tensor:
+    """S = (1 - M) * N + (1 - beta) * (M * A) + beta * (M * N) for normal N (B,3,H,W), source A (B,3,H,W),
+    mask M (B,1,H,W) in {0, 1} and beta (B,1,1,1)."""
+    return (1 - mask) * normal + (1 - beta) * (mask * source) + beta * (mask * normal)

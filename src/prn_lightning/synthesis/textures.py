@@ -1,0 +1,69 @@
+"""Anomaly-source images for simulated anomalies: texture crops (DTD or any folder), else augmented normal images.
+
+DRAEM shows DTD textures through Perlin masks. Any image folder works (e.g. the Brodatz plates); without one the
+source is a normal training image, strongly recoloured and turned, which still produces out-of-distribution
+patches of the right statistics for the category.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from prn_lightning.config import ConfigError
+from prn_lightning.data.images import is_image_file, read_image
+from prn_lightning.data.transforms import resize_image
+from prn_lightning.synthesis.augment import augment_source, source_augmentation
+
+MIN_CROP = 0.5  # crops cover 50-100 % of the texture's shorter side
+
+
+def resolve_texture_dir(texture_dir: str | Path | None, data_root: str | Path) -> Path | None:
+    """`data.texture_dir`, or for null `<parent of data.root>/dtd/images` when it exists, else None (no textures)."""
+    if texture_dir is None:
+        default = Path(data_root).parent / "dtd" / "images"
+        return default if default.is_dir() else None
+    path = Path(texture_dir)
+    if not path.is_dir():
+        raise ConfigError(f"data.texture_dir={texture_dir} is not a folder; point it to a folder of texture images "
+                          "(e.g. dtd/images from the DTD archive) or set it to null to use augmented normal images")
+    return path
+
+
+class TextureSource:
+    """Random anomaly-source images of `image_size` x `image_size`, RGB uint8, from a folder or from normals."""
+
+    def __init__(self, texture_dir: str | Path | None, image_size: int) -> None:
+        self.image_size = int(image_size)
+        self.paths: list[Path] = []
+        if texture_dir is not None:
+            self.paths = sorted(p for p in Path(texture_dir).rglob("*") if p.is_file() and is_image_file(p))
+            if not self.paths:
+                raise ConfigError(f"data.texture_dir={texture_dir} holds no images (png, jpg, bmp, tif); "
+                                  "point it to a folder of textures or set it to null")
+        self._augmentation = source_augmentation()
+
+    @property
+    def uses_textures(self) -> bool:
+        return bool(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def sample(self, rng: np.random.Generator, normal_image: np.ndarray | None = None) -> np.ndarray:
+        """A random crop of a random texture; without textures, an augmented crop of `normal_image` (required)."""
+        if self.paths:
+            return self._random_crop(read_image(self.paths[rng.integers(len(self.paths))]), rng)
+        if normal_image is None:
+            raise ValueError("TextureSource has no texture folder: pass a normal image to build the source from")
+        crop = self._random_crop(normal_image, rng)
+        return augment_source(self._augmentation, crop, int(rng.integers(2**31)))
+
+    def _random_crop(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Square crop of 50-100 % of the shorter side at a random place, random quarter turn, resized."""
+        height, width = image.shape[:2]
+        side = max(1, int(round(min(height, width) * rng.uniform(MIN_CROP, 1.0))))
+        top = int(rng.integers(height - side + 1))
+        left = int(rng.integers(width - side + 1))
+        crop = np.rot90(image[top:top + side, left:left + side], k=int(rng.integers(4)))
+        return resize_image(np.ascontiguousarray(crop), self.image_size)

@@ -1,0 +1,121 @@
+"""`prn predict`: anomaly maps, image scores and verdicts for new images with a trained checkpoint.
+
+Images of any size are resized to the model's input size exactly as evaluation images are (data.transforms),
+scored, and their maps resized back (bilinear) to each image's own size, so overlays line up with the original pixels. The verdict uses the threshold stored in the checkpoint, which
+was chosen on the validation split (never on test images).
+"""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from prn_lightning.data.images import IMAGE_EXTENSIONS, is_image_file, read_image
+from prn_lightning.data.transforms import image_to_tensor, normalise, resize_image
+
+OVERLAY_ALPHA = 0.5
+CONTOUR_COLOUR = (255, 0, 0)  # RGB
+
+
+class NoImagesError(FileNotFoundError):
+    """The prediction input holds no image; the message names the path and the extensions looked for."""
+
+
+def find_images(input_path: str | Path, exclude: str | Path | None = None) -> list[Path]:
+    """One image file, or every image below a folder (recursive, sorted, nothing under `exclude`, e.g. the output
+    folder of an earlier prediction); a clear error when there is none."""
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise FileNotFoundError(f"prediction input {input_path} does not exist; pass an image file or a folder")
+    if input_path.is_file():
+        if not is_image_file(input_path):
+            raise NoImagesError(f"prediction input {input_path} is not an image file "
+                                f"(expected one of {', '.join(IMAGE_EXTENSIONS)})")
+        return [input_path]
+    skipped = Path(exclude).resolve() if exclude is not None else None
+    images = sorted(p for p in input_path.rglob("*") if p.is_file() and is_image_file(p)
+                    and (skipped is None or skipped not in p.resolve().parents))
+    if not images:
+        raise NoImagesError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {input_path} or its subfolders")
+    return images
+
+
+def render_overlay(image: np.ndarray, amap: np.ndarray, score: float, threshold: float) -> np.ndarray:
+    """Input | heat-map overlay | contour of the region at or above the threshold, side by side (H, 3W, 3)."""
+    height, width = image.shape[:2]
+    heat = cv2.cvtColor(cv2.applyColorMap(np.uint8(np.clip(amap, 0, 1) * 255), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    overlay = cv2.addWeighted(image, 1 - OVERLAY_ALPHA, heat, OVERLAY_ALPHA, 0)
+    outlined = image.copy()
+    region = (amap >= threshold).astype(np.uint8)
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    thickness = max(1, round(max(height, width) / 256))
+    cv2.drawContours(outlined, contours, -1, CONTOUR_COLOUR, thickness)
+    verdict = "anomalous" if score >= threshold else "normal"
+    scale = max(0.3, min(height, width) / 600)
+    cv2.putText(outlined, f"{score:.3f} {verdict}", (4, max(10, int(22 * scale))), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                CONTOUR_COLOUR, max(1, round(scale * 2)), cv2.LINE_AA)
+    return np.concatenate([image, overlay, outlined], axis=1)
+
+
+def _overlay_names(images: list[Path], root: Path) -> list[Path]:
+    """Overlay paths mirroring the input tree; `a.png` and `a.jpg` in one folder keep apart as a_png / a_jpg."""
+    relative = [p.relative_to(root) if root.is_dir() else Path(p.name) for p in images]
+    plain = [r.with_suffix(".png") for r in relative]
+    clashes = {name for name, count in Counter(plain).items() if count > 1}
+    return [r.parent / f"{r.stem}_{r.suffix[1:].lower()}.png" if name in clashes else name
+            for r, name in zip(relative, plain)]
+
+
+@torch.inference_mode()
+def run_predict(
+    ckpt: str | Path, input_path: str | Path, out_dir: str | Path, batch_size: int = 8, device: str | None = None
+) -> Path:
+    """Score every image under `input_path`; writes `out_dir/scores.csv` and `out_dir/overlays/*.png`.
+
+    CSV columns: image_path, score, threshold, is_anomalous (score >= threshold), width, height, overlay.
+    """
+    from prn_lightning.models.prn.lightning_module import PRNModule
+
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist; pass ckpt=runs/.../checkpoints/best.ckpt")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    out_dir = Path(out_dir)
+    images = find_images(input_path, exclude=out_dir)
+    overlay_paths = [out_dir / "overlays" / name for name in _overlay_names(images, Path(input_path))]
+
+    module = PRNModule.from_checkpoint(ckpt)
+    module.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    size = int(module.cfg.data.image_size)
+    threshold = float(module.image_threshold)
+
+    rows = []
+    for start in range(0, len(images), batch_size):
+        paths = images[start:start + batch_size]
+        pictures = [read_image(path) for path in paths]  # names the file when it cannot be decoded
+        batch = torch.stack([image_to_tensor(resize_image(p, size)) for p in pictures]).to(module.device)
+        maps, scores = module.predict_images(normalise(batch))
+        for path, picture, amap, score, overlay_path in zip(
+            paths, pictures, maps.float().cpu().numpy(), scores.float().cpu().tolist(), overlay_paths[start:]
+        ):
+            height, width = picture.shape[:2]
+            full_map = cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
+            overlay_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(render_overlay(picture, full_map, score, threshold)).save(overlay_path)
+            rows.append([str(path), f"{score:.6f}", f"{threshold:.6f}", score >= threshold, width, height,
+                         str(overlay_path)])
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "scores.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_path", "score", "threshold", "is_anomalous", "width", "height", "overlay"])
+        writer.writerows(rows)
+    print(f"{sum(r[3] for r in rows)} of {len(rows)} images flagged anomalous (threshold {threshold:.4f})")
+    return csv_path

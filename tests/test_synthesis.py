@@ -1,0 +1,161 @@
+"""Simulated and extended anomaly formulas, defect placement, seeded augmentation, anomaly sources."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from prn_lightning.config import ConfigError
+from prn_lightning.synthesis.augment import augment_defect, defect_augmentation
+from prn_lightning.synthesis.extended import extend_anomalies, place_defect
+from prn_lightning.synthesis.perlin import perlin_masks
+from prn_lightning.synthesis.simulated import sample_beta, simulate_anomalies
+from prn_lightning.synthesis.textures import TextureSource, resolve_texture_dir
+
+
+def known_arrays():
+    """2x2 images, one masked pixel, beta 0.25: every output pixel can be written down by hand."""
+    normal = torch.tensor([[0.2, 0.4], [0.6, 0.8]]).expand(1, 3, 2, 2).clone()
+    source = torch.tensor([[1.0, 0.0], [0.5, 0.5]]).expand(1, 3, 2, 2).clone()
+    mask = torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]])
+    beta = torch.full((1, 1, 1, 1), 0.25)
+    return normal, source, mask, beta
+
+
+def test_simulated_formula_pixel_exact():
+    normal, source, mask, beta = known_arrays()
+    out = simulate_anomalies(normal, source, mask, beta)
+    # inside: (1 - 0.25) * 0.0 + 0.25 * 0.4 = 0.1; outside: the normal image
+    expected = torch.tensor([[0.2, 0.1], [0.6, 0.8]]).expand(1, 3, 2, 2)
+    assert torch.allclose(out, expected, atol=1e-7, rtol=0)
+
+
+def test_extended_formula_pixel_exact_and_ignores_content_outside_mask():
+    normal, content, mask, beta = known_arrays()
+    out = extend_anomalies(normal, content, mask, beta)
+    expected = torch.tensor([[0.2, 0.1], [0.6, 0.8]]).expand(1, 3, 2, 2)
+    assert torch.allclose(out, expected, atol=1e-7, rtol=0)
+    content[..., 0, 1] = 0.8  # inside: 0.75 * 0.8 + 0.25 * 0.4 = 0.7
+    assert torch.allclose(extend_anomalies(normal, content, mask, beta)[0, :, 0, 1], torch.full((3,), 0.7))
+
+
+def test_blend_changes_exactly_the_mask_region_and_beta_one_keeps_the_image():
+    gen = torch.Generator().manual_seed(0)
+    normal = torch.rand(4, 3, 32, 32, generator=gen)
+    source = torch.rand(4, 3, 32, 32, generator=gen)
+    mask = perlin_masks(4, 32, 32, min_scale=0, max_scale=5, threshold=0.5, rotation_deg=90, generator=gen,
+                        device="cpu")
+    beta = sample_beta(4, (0.0, 0.8), generator=gen, device="cpu")
+    out = simulate_anomalies(normal, source, mask, beta)
+    changed = (out != normal).any(dim=1, keepdim=True)
+    assert torch.equal(changed, mask.bool())
+    assert torch.equal(simulate_anomalies(normal, source, mask, torch.ones(4, 1, 1, 1)), normal)
+
+
+def test_beta_range_and_determinism():
+    beta = sample_beta(1000, (0.2, 0.6), generator=torch.Generator().manual_seed(1), device="cpu")
+    assert beta.shape == (1000, 1, 1, 1) and beta.min() >= 0.2 and beta.max() < 0.6
+    again = sample_beta(1000, (0.2, 0.6), generator=torch.Generator().manual_seed(1), device="cpu")
+    assert torch.equal(beta, again)
+    with pytest.raises(ValueError, match="data.beta"):
+        sample_beta(1, (0.5, 0.2), generator=torch.Generator(), device="cpu")
+
+
+def test_formulas_keep_the_input_device():
+    normal, source, mask, beta = known_arrays()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        args = [t.to(device) for t in (normal, source, mask, beta)]
+        assert simulate_anomalies(*args).device.type == device
+        assert extend_anomalies(*args).device.type == device
+
+
+def defect(size=32):
+    image = np.zeros((size, size, 3), np.uint8)
+    image[2:8, 3:12] = (200, 100, 50)
+    mask = np.zeros((size, size), np.uint8)
+    mask[2:8, 3:12] = 1
+    mask[2, 3] = 0  # not a full box: the shape must travel with the content
+    return image, mask
+
+
+def test_place_defect_lands_on_foreground_inside_the_image():
+    image, mask = defect()
+    foreground = np.zeros((32, 32), bool)
+    foreground[20:30, 18:30] = True
+    for seed in range(20):
+        content, placed = place_defect(image, mask, foreground, np.random.default_rng(seed))
+        rows, cols = np.nonzero(placed)
+        assert placed.sum() == mask.sum() and placed.dtype == mask.dtype
+        centre = ((rows.min() + rows.max() + 1) // 2, (cols.min() + cols.max() + 1) // 2)
+        assert foreground[centre]
+        assert (content[placed == 1] == (200, 100, 50)).all() and (content[placed == 0] == 0).all()
+
+
+def test_place_defect_clamps_a_box_that_cannot_be_centred_on_the_foreground():
+    image, mask = defect()
+    foreground = np.zeros((32, 32), bool)
+    foreground[0, 31] = True  # only a corner pixel: the box is pushed into the image
+    content, placed = place_defect(image, mask, foreground, np.random.default_rng(0))
+    assert placed.sum() == mask.sum()
+    assert placed[0].any() and placed[:, 31].any()
+
+
+def test_place_defect_with_empty_mask_places_nothing():
+    image, _ = defect()
+    content, placed = place_defect(image, np.zeros((32, 32), np.uint8), np.ones((32, 32), bool),
+                                   np.random.default_rng(0))
+    assert not placed.any() and not content.any()
+
+
+def test_augmentation_is_seeded_keeps_masks_binary_and_aligned():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    image[20:40, 10:30] = 255
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 10:30] = 1
+    pipeline = defect_augmentation()
+    a_img, a_mask = augment_defect(pipeline, image, mask, seed=7)
+    b_img, b_mask = augment_defect(pipeline, image, mask, seed=7)
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_mask, b_mask)
+    assert set(np.unique(a_mask)) <= {0, 1} and a_mask.dtype == np.uint8
+    quadrants = set()
+    for seed in range(40):
+        out_img, out_mask = augment_defect(pipeline, image, mask, seed=seed)
+        gray = cv2.cvtColor(out_img, cv2.COLOR_RGB2GRAY)
+        assert gray[out_mask == 1].mean() > gray[out_mask == 0].mean() + 30  # the mask follows the bright square
+        rows, cols = np.nonzero(out_mask)
+        quadrants.add((rows.mean() < 32, cols.mean() < 32))
+    assert len(quadrants) == 4  # flips are independent of each other (not all seeded alike)
+
+
+def test_texture_source_reads_folders_recursively_and_crops_to_size(tmp_path):
+    folder = tmp_path / "dtd" / "images" / "banded"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(folder / f"t{i}.jpg"), np.full((50, 70, 3), 40 * i, np.uint8))
+    assert resolve_texture_dir(None, tmp_path / "mvtec") == tmp_path / "dtd" / "images"
+    source = TextureSource(resolve_texture_dir(None, tmp_path / "mvtec"), image_size=24)
+    assert source.uses_textures and len(source) == 3
+    crop = source.sample(np.random.default_rng(0))
+    assert crop.shape == (24, 24, 3) and crop.dtype == np.uint8
+    assert np.array_equal(crop, source.sample(np.random.default_rng(0)))
+
+
+def test_texture_source_without_folder_augments_the_normal_image(tmp_path):
+    assert resolve_texture_dir(None, tmp_path / "data" / "mvtec") is None
+    source = TextureSource(None, image_size=32)
+    normal = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    out = source.sample(np.random.default_rng(1), normal_image=normal)
+    assert out.shape == (32, 32, 3) and not np.array_equal(out, cv2.resize(normal, (32, 32)))
+    with pytest.raises(ValueError, match="normal image"):
+        source.sample(np.random.default_rng(1))
+
+
+def test_texture_dir_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="data.texture_dir"):
+        resolve_texture_dir(tmp_path / "missing", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no images"):
+        TextureSource(tmp_path / "empty", 32)

@@ -1,0 +1,135 @@
+"""End to end on the embedded synthetic data: `prn train` writes a complete run directory and an offline W&B run,
+`prn test ckpt=...` reproduces the metrics exactly, and a stopped run resumes from last.ckpt."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from prn_lightning.cli import main as prn
+from prn_lightning.config import load_config
+from prn_lightning.models.prn.lightning_module import PRNModule, f1_optimal_threshold
+from prn_lightning.workflows.train import run_test, run_train
+
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "pro")
+
+
+def tiny_overrides(tmp_path: Path, **extra: str) -> list[str]:
+    """A run small enough for CI: 64 px, a few steps, the real bundled backbone and FAISS prototypes."""
+    values = {
+        "data.root": str(tmp_path / "synthetic"),
+        "data.image_size": "64",
+        "data.num_seen_anomalies": "4",
+        "data.batch_size": "4",
+        "data.eval_batch_size": "8",
+        "data.num_workers": "0",
+        "trainer.max_epochs": "2",
+        "trainer.limit_train_batches": "3",
+        "trainer.enable_progress_bar": "false",
+        "model.msa_blocks": "1",
+        "logger.num_map_panels": "3",
+        "runs_root": str(tmp_path / "runs"),
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("train")
+    import os
+
+    os.environ["WANDB_MODE"] = "offline"
+    return run_train(load_config(tiny_overrides(tmp_path)))
+
+
+def test_run_directory_is_complete(finished_run: Path):
+    for name in ("config.yaml", "seen_anomalies.txt", "metrics.json", "per_defect.csv", "history.csv", "curves.png"):
+        assert (finished_run / name).is_file(), name
+    assert (finished_run / "checkpoints" / "last.ckpt").is_file()
+    assert (finished_run / "checkpoints" / "best.ckpt").is_file()
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["num_seen_anomalies"] == 4
+    seen = (finished_run / "seen_anomalies.txt").read_text().splitlines()
+    assert len([line for line in seen if line.strip() and not line.startswith("#")]) == 4
+    assert len(list((finished_run / "maps").glob("*.png"))) == 3
+    with (finished_run / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert all(r["train_loss"] and r["val_loss"] for r in rows)
+    with (finished_run / "per_defect.csv").open() as handle:
+        per_defect = list(csv.DictReader(handle))
+    assert per_defect and all(r["defect_type"] != "good" for r in per_defect)
+
+
+def test_offline_wandb_run_holds_metrics_tables_and_images(finished_run: Path):
+    runs = list((finished_run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((finished_run / "wandb").iterdir())
+    run = runs[0]
+    summary_files = list(run.rglob("wandb-summary.json"))
+    data = b"".join(p.read_bytes() for p in run.rglob("*.wandb"))
+    assert b"test/image_auroc" in data and b"test/pro" in data and b"val_pixel_ap" in data
+    assert b"train_loss" in data and b"lr-" in data
+    media = [p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()]
+    assert any("media/images/test/anomaly_maps" in m for m in media), media
+    assert any("media/table/test/per_defect" in m for m in media), media
+    assert any("media/table/seen_anomalies" in m for m in media), media
+    assert any("test/roc_curve" in m or "roc_curve_table" in m for m in media), media
+    assert summary_files or b"prototypes_per_stage" in data
+
+
+def test_checkpoint_reproduces_metrics_exactly(finished_run: Path, tmp_path):
+    ckpt = finished_run / "checkpoints" / "best.ckpt"
+    overrides = [f"ckpt={ckpt}", f"run_dir={tmp_path / 'retest'}", "logger=none"]
+    result = run_test(load_config(overrides), overrides)
+    original = json.loads((finished_run / "metrics.json").read_text())
+    for key in METRIC_KEYS + ("num_test_images", "num_seen_anomalies"):
+        assert result[key] == original[key], key
+    # the checkpoint holds the prototypes: loading does not re-cluster
+    module = PRNModule.from_checkpoint(ckpt)
+    assert module.network.prototypes.fitted
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path):
+    first = run_train(load_config(tiny_overrides(tmp_path, **{"trainer.max_epochs": "1", "logger": "none"})))
+    last = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 3
+    resumed = run_train(load_config(tiny_overrides(
+        tmp_path, **{"trainer.max_epochs": "2", "logger": "none", "resume": "true", "run_dir": str(first)})))
+    assert resumed == first
+    last = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 6  # continued: 3 steps of epoch 0 from the checkpoint, 3 new ones
+    rows = list(csv.DictReader((first / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+    code = prn(["train", *tiny_overrides(tmp_path, resume="true", run_dir=str(tmp_path / "nothing"))])
+    assert code == 2
+    assert "last.ckpt" in capsys.readouterr().err
+
+
+def test_cli_reports_unknown_key(capsys):
+    assert prn(["train", "model.prototype_ration=0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "model.prototype_ration" in err and "model.prototype_ratio" in err
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_f1_threshold_matches_brute_force(seed):
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.round(torch.rand(50, generator=generator) * 10) / 10  # ties
+    labels = (torch.rand(50, generator=generator) > 0.6).long()
+
+    def f1(threshold: float) -> float:
+        pred = scores >= threshold
+        tp = float((pred & (labels == 1)).sum())
+        return 2 * tp / (float(pred.sum()) + float(labels.sum()))
+
+    best = max(f1(float(t)) for t in scores.unique())
+    assert f1(f1_optimal_threshold(scores, labels)) == pytest.approx(best)
