@@ -105,7 +105,7 @@ class HistoryWriter(pl.Callback):
             return
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for key, value in sorted(trainer.callback_metrics.items()):
-            if key.endswith("_step"):
+            if key.endswith("_step") or key.startswith("lr-"):  # lr is recorded below, per optimiser
                 continue
             row[key.removesuffix("_epoch")] = float(value)
         for index, optimiser in enumerate(trainer.optimizers):
@@ -115,6 +115,9 @@ class HistoryWriter(pl.Callback):
             with self.path.open(newline="") as handle:
                 rows = list(csv.DictReader(handle))
         rows = [r for r in rows if int(r["epoch"]) < trainer.current_epoch] + [row]
+        shown = ("train_loss", "val_loss", "val_image_auroc", "val_pixel_auroc", "val_pixel_ap", "val_pro")
+        if trainer.progress_bar_callback is None:  # logs, CI, sbatch: one line per epoch instead of a bar
+            print(f"epoch {row['epoch']}: " + ", ".join(f"{k}={row[k]:.4f}" for k in shown if k in row), flush=True)
         columns = list(dict.fromkeys(k for r in rows for k in r))
         with self.path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
@@ -49,6 +51,9 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
 
 def build_trainer(cfg: DictConfig, run_dir: Path, logger: Any, callbacks: list[pl.Callback]) -> pl.Trainer:
     """A Trainer from the `trainer` config group; evaluation samplers are the datamodule's own (no padding)."""
+    # The frozen backbone is in eval mode on purpose (BatchNorm statistics must not move).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
     if options.pop("enable_progress_bar") and _interactive():
         callbacks = callbacks + [RichProgressBar(leave=True)]
@@ -96,7 +101,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
             )
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = _with_run_dir(cfg, run_dir)
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+    if rank_zero_only.rank == 0:  # from RANK / SLURM_PROCID / LOCAL_RANK, before any process group exists
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     defect_types = load_category(cfg.data).defect_types
@@ -113,7 +118,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
 
     test_ckpt = checkpoint.best_model_path or checkpoint.last_model_path or None
-    trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=False)
+    trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=False, verbose=False)
     if trainer.is_global_zero:
         extra = {
             "checkpoint": Path(test_ckpt).name if test_ckpt else None,
@@ -144,7 +149,7 @@ def run_test(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     logger = make_wandb_logger(merged, out_dir, job_type="test")
     trainer = build_trainer(merged, out_dir, logger, [])
     started = time.time()
-    trainer.test(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)
     result: dict[str, Any] = {}
     if trainer.is_global_zero:
         extra = {"checkpoint": str(ckpt), "wall_time_s": round(time.time() - started, 1)}
@@ -190,7 +195,7 @@ def write_results(
 def _render_panels(
     cfg: DictConfig, run_dir: Path, module: PRNModule, datamodule: PRNDataModule, scores: dict[str, torch.Tensor]
 ) -> list[tuple[str, np.ndarray]]:
-    if not scores:
+    if not scores or scores["index"].numel() == 0:
         return []
     order = torch.argsort(scores["index"])
     index, score, label = scores["index"][order], scores["score"][order], scores["label"][order]

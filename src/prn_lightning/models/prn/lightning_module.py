@@ -38,6 +38,21 @@ def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float(sorted_scores[int(torch.argmax(f1))])
 
 
+def _concat(parts: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.cat(parts).to(dtype) if parts else torch.zeros(0, dtype=dtype, device=device)
+
+
+def gather_uneven(module: pl.LightningModule, values: torch.Tensor) -> torch.Tensor:
+    """All ranks' 1-D `values` concatenated in rank order; ranks may hold different counts (unrepeated sampler)."""
+    if module.trainer is None or module.trainer.world_size == 1:
+        return values
+    counts = module.all_gather(torch.tensor([values.numel()], device=values.device)).reshape(-1)
+    padded = torch.zeros(int(counts.max()), dtype=values.dtype, device=values.device)
+    padded[: values.numel()] = values
+    gathered = module.all_gather(padded)  # (world, max_count)
+    return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
+
+
 class PRNModule(pl.LightningModule):
     """Trains and evaluates a `PRNNetwork` from a resolved run config (`cfg` is stored in the checkpoint)."""
 
@@ -89,6 +104,14 @@ class PRNModule(pl.LightningModule):
             state = self.trainer.strategy.broadcast(state, src=0)
             self.network.prototypes.load_state_dict(state)
             self.network.prototypes.to(self.device)
+            self._check_prototypes_identical()
+
+    def _check_prototypes_identical(self) -> None:
+        """Fail loudly if any rank's prototypes differ from rank 0's (they must be bit-identical)."""
+        digest = torch.stack([p.double().sum() for p in self.network.prototypes.buffers()])
+        everyone = self.all_gather(digest)
+        if not torch.equal(everyone, digest.expand_as(everyone)):
+            raise RuntimeError(f"prototypes differ across ranks (per-stage sums {everyone.tolist()})")
 
     # ----------------------------------------------------------------- steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -131,9 +154,9 @@ class PRNModule(pl.LightningModule):
         self.val_metrics.reset()
         for name, value in values.items():
             self.log(f"val_{name}", value, prog_bar=name in ("pixel_ap", "image_auroc"))
-        if self._val_scores:
-            scores = self.all_gather(torch.cat(self._val_scores)).reshape(-1)
-            labels = self.all_gather(torch.cat(self._val_labels)).reshape(-1)
+        scores = gather_uneven(self, _concat(self._val_scores, torch.float32, self.device))
+        labels = gather_uneven(self, _concat(self._val_labels, torch.int64, self.device))
+        if scores.numel():
             self.image_threshold.fill_(f1_optimal_threshold(scores.float().cpu(), labels.cpu()))
         self.log("val_image_threshold", self.image_threshold)
         self._val_scores.clear()
@@ -148,9 +171,9 @@ class PRNModule(pl.LightningModule):
         for name, value in values.items():
             self.log(f"test_{name}", value)
         records = {
-            key: self.all_gather(torch.cat([r[key] for r in self._test_records])).reshape(-1).cpu()
-            for key in ("index", "score", "label")
-        } if self._test_records else {}
+            key: gather_uneven(self, _concat([r[key] for r in self._test_records], dtype, self.device)).cpu()
+            for key, dtype in (("index", torch.int64), ("score", torch.float32), ("label", torch.int64))
+        }
         self.test_results = {
             "metrics": values,
             "per_defect": self.test_metrics.per_defect(),
