@@ -26,22 +26,24 @@ def experiment_overrides(dataset: str, category: str, extra: list[str]) -> list[
     variant = "gpu" if torch.cuda.is_available() else "cpu"
     overrides = [f"experiment={dataset}_{variant}"]
     if category:
-        overrides.append(f"data.category={category}")
+        overrides.append(f"data.category='{category}'")  # quoted: BTAD's 01 stays a string
     return overrides + list(extra)
 
 
-def ensure_dataset(overrides: list[str]) -> None:
-    """Download a public dataset on first use (the same as `prn download DATASET`)."""
+def ensure_dataset(overrides: list[str]) -> int:
+    """Download a public dataset on first use (the same as `prn download DATASET`); returns an exit code."""
     cfg = load_config(overrides)
     if cfg.data.dataset not in DOWNLOADABLE:
-        return
+        return 0
     try:
         load_category(cfg.data)
+        return 0
     except DatasetError:
         root = Path(cfg.data.root)
         print(f"{cfg.data.dataset} not found under {root}: downloading (see README 'Datasets' for the manual route)")
-        prn_main(["download", str(cfg.data.dataset), "--data-dir", str(root.parent)]
-                 + (["--url", cfg.data.url] if cfg.data.url else []) + (["--sha256", cfg.data.sha256] if cfg.data.sha256 else []))
+        return prn_main(["download", str(cfg.data.dataset), "--data-dir", str(root.parent)]
+                        + (["--url", cfg.data.url] if cfg.data.url else [])
+                        + (["--sha256", cfg.data.sha256] if cfg.data.sha256 else []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = experiment_overrides(args.dataset.strip(), args.category.strip(), args.overrides)
     try:
-        ensure_dataset(overrides)
+        code = ensure_dataset(overrides)
     except (DatasetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if code:
+        return code
     if args.sweep:
         sweep_file = experiments_dir() / "sweeps" / f"{args.sweep}.yaml"
         return prn_main(["sweep", str(sweep_file), *overrides])
