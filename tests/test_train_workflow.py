@@ -61,7 +61,7 @@ def test_run_directory_is_complete(finished_run: Path):
     with (finished_run / "history.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert all(r["train_loss"] and r["val_loss"] for r in rows)
+    assert all(r["train_loss"] and r["val_loss"] and float(r["epoch_time_s"]) > 0 for r in rows)
     with (finished_run / "per_defect.csv").open() as handle:
         per_defect = list(csv.DictReader(handle))
     assert per_defect and all(r["defect_type"] != "good" for r in per_defect)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,16 @@ class HistoryWriter(pl.Callback):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._epoch_started = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_started = time.monotonic()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+               "epoch_time_s": round(time.monotonic() - self._epoch_started, 1)}  # training + validation
         for key, value in sorted(trainer.callback_metrics.items()):
             if key.endswith("_step") or key.startswith("lr-"):  # lr is recorded below, per optimiser
                 continue
