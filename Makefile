@@ -9,7 +9,6 @@ CATEGORY ?=
 DATASET ?=
 SWEEP ?= prototype_ratio
 ARGS ?=
-export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: install train test bench sweep table clean-venv
