@@ -23,7 +23,6 @@ from PIL import Image
 from prn_lightning.data.datamodule import PRNDataModule
 from prn_lightning.config import apply_overrides
 from prn_lightning.data.transforms import normalise
-from prn_lightning.data.registry import load_category
 from prn_lightning.loggers.console import print_summary
 from prn_lightning.loggers.run_artifacts import (
     HistoryWriter,
@@ -104,9 +103,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     if rank_zero_only.rank == 0:  # from RANK / SLURM_PROCID / LOCAL_RANK, before any process group exists
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
-    defect_types = load_category(cfg.data).defect_types
     datamodule = PRNDataModule(cfg.data, seed=cfg.seed, run_dir=run_dir)
-    module = PRNModule(cfg, defect_types=defect_types)
+    datamodule.setup("fit")  # the module's test metrics need the defect types; setup is idempotent
+    module = PRNModule(cfg, defect_types=datamodule.defect_types)
     logger = make_wandb_logger(cfg, run_dir, job_type="train")
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best", monitor=cfg.model.monitor, mode="max", save_last=True, save_top_k=1
@@ -199,7 +198,7 @@ def _render_panels(
         return []
     order = torch.argsort(scores["index"])
     index, score, label = scores["index"][order], scores["score"][order], scores["label"][order]
-    dataset = datamodule.test_dataloader().dataset
+    dataset = datamodule.test_dataset
     maps_dir = run_dir / "maps"
     maps_dir.mkdir(exist_ok=True)
     threshold = float(module.image_threshold)
