@@ -5,6 +5,8 @@ gathered by torchmetrics. Classes are module-level so ddp_spawn can pickle them.
 """
 from __future__ import annotations
 
+import atexit
+
 import json
 from pathlib import Path
 
@@ -73,6 +75,12 @@ class MetricsOnlyModule(L.LightningModule):
         }
         path = Path(self.out_dir) / f"world{self.trainer.world_size}_rank{self.global_rank}.json"
         path.write_text(json.dumps(result))
+
+    def on_test_end(self) -> None:
+        # Destroy the gloo group at exit, after Lightning's own teardown: left alive, its threads can abort the
+        # spawned process ("terminate called without an active exception").
+        if torch.distributed.is_initialized():
+            atexit.register(torch.distributed.destroy_process_group)
 
 
 def run_test(tmp_path: Path, devices: int) -> None:

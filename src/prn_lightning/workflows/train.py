@@ -128,6 +128,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
         write_results(cfg, run_dir, module, datamodule, logger, extra)
     if logger is not None:
         logger.experiment.finish()
+    _close_process_group()
     return run_dir
 
 
@@ -155,7 +156,14 @@ def run_test(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         result = write_results(merged, out_dir, module, datamodule, logger, extra)
     if logger is not None:
         logger.experiment.finish()
+    _close_process_group()
     return result
+
+
+def _close_process_group() -> None:
+    """Destroy the DDP process group once nothing else is collective: gloo's threads otherwise abort at exit."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _with_run_dir(cfg: DictConfig, run_dir: Path) -> DictConfig:
