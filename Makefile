@@ -22,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 install: $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/python -m prn_lightning.workflows.make_train "$(DATASET)" "$(CATEGORY)" $(ARGS)
+	$(BIN)/prn make-train "$(DATASET)" "$(CATEGORY)" $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(ARGS)
 
 sweep: $(STAMP)
-	$(BIN)/python -m prn_lightning.workflows.make_train --sweep "$(SWEEP)" "$(DATASET)" "$(CATEGORY)" $(ARGS)
+	$(BIN)/prn make-train --sweep "$(SWEEP)" "$(DATASET)" "$(CATEGORY)" $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

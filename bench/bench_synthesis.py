@@ -26,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from prn_lightning.data.datamodule import PRNDataModule
-from prn_lightning.data.synthetic import generate_synthetic
+from prn_lightning.data.sources.synthetic import generate_synthetic
 from prn_lightning.synthesis.perlin import perlin_masks
 from prn_lightning.synthesis.simulated import sample_beta, simulate_anomalies
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from prn_lightning.config import ConfigError, apply_overrides, experiments_dir, load_config
+from prn_lightning.config import apply_overrides, experiments_dir, load_config
+from prn_lightning.errors import ConfigError
 
 EXPERIMENTS = sorted(p.stem for p in (experiments_dir() / "experiment").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (experiments_dir() / "data").glob("*.yaml") if p.stem != "base")

@@ -12,14 +12,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
-from prn_lightning.config import ConfigError
+from prn_lightning.errors import ConfigError
 from prn_lightning.data.datamodule import PRNDataModule
 from prn_lightning.data.datasets import SampleKind
-from prn_lightning.data.errors import DatasetError
+from prn_lightning.errors import DatasetError
 from prn_lightning.data.samplers import EpochScheduleSampler, UnrepeatedDistributedSampler
 from prn_lightning.data.seen import read_seen_list
-from prn_lightning.data.synthetic import generate_synthetic
-from prn_lightning.data.transforms import normalise
+from prn_lightning.data.sources.synthetic import generate_synthetic
+from prn_lightning.imaging.tensors import normalise
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64

@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from prn_lightning.data.btad import load_btad
-from prn_lightning.data.download import download_dataset, download_file, extract_archive
-from prn_lightning.data.errors import DatasetError
+from prn_lightning.data.sources.btad import load_btad
+from prn_lightning.data.sources.download import download_dataset, download_file, extract_archive
+from prn_lightning.errors import DatasetError
 
 
 class _Server:

@@ -60,7 +60,7 @@ def test_bad_input_is_rejected():
 
 def test_real_surface_images_count_as_texture(shared_data):
     """Magnetic-tile and Kolektor images are surfaces without a separate background: paste anywhere."""
-    from prn_lightning.data.images import list_images, read_image
+    from prn_lightning.imaging.io import list_images, read_image
 
     for category in ("magnetic_tile", "kolektor"):
         for path in list_images(shared_data / category / "train" / "good")[:5]:

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from prn_lightning.data.errors import DatasetError
-from prn_lightning.data.images import is_image_file, list_images, read_image, read_mask
+from prn_lightning.errors import DatasetError
+from prn_lightning.imaging.io import is_image_file, list_images, read_image, read_mask
 
 
 @pytest.mark.parametrize("name", ["a.png", "a.jpg", "a.JPEG", "a.bmp", "a.tif", "a.TIFF", "a.PNG"])

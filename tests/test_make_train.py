@@ -4,7 +4,8 @@ from __future__ import annotations
 import socket
 
 from prn_lightning.config import load_config
-from prn_lightning.workflows.make_train import experiment_overrides, main
+from prn_lightning.cli import main
+from prn_lightning.workflows.make_train import experiment_overrides
 
 
 def test_experiment_choice():
@@ -21,7 +22,7 @@ def test_missing_public_dataset_is_downloaded_and_a_failure_stops_with_the_url(t
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/mvtec_anomaly_detection.tar.xz"
-    code = main(["", "carpet", f"data.root={tmp_path / 'mvtec'}", f"data.url={url}"])
+    code = main(["make-train", "", "carpet", f"data.root={tmp_path / 'mvtec'}", f"data.url={url}"])
     assert code == 2
     captured = capsys.readouterr()
     assert "downloading" in captured.out

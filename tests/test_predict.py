@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from prn_lightning.config import load_config
-from prn_lightning.data.errors import DatasetError
-from prn_lightning.data.synthetic import generate_synthetic
+from prn_lightning.errors import DatasetError
+from prn_lightning.data.sources.synthetic import generate_synthetic
 from prn_lightning.models.prn.lightning_module import PRNModule
-from prn_lightning.data.transforms import image_to_tensor, normalise, resize_image
+from prn_lightning.imaging.tensors import image_to_tensor, normalise, resize_image
 from prn_lightning.workflows.predict import NoImagesError, run_predict
 from prn_lightning.workflows.train import run_train
 

@@ -11,7 +11,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from prn_lightning.config import load_config
-from prn_lightning.data.synthetic import generate_synthetic
+from prn_lightning.data.sources.synthetic import generate_synthetic
 from prn_lightning.workflows.dashboard import build_dashboard
 from prn_lightning.workflows.sweep import (
     SweepFileError,

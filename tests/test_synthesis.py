@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from prn_lightning.config import ConfigError
+from prn_lightning.errors import ConfigError
 from prn_lightning.synthesis.augment import augment_defect, defect_augmentation
 from prn_lightning.synthesis.extended import extend_anomalies, place_defect
 from prn_lightning.synthesis.perlin import perlin_masks

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from prn_lightning.data.errors import DatasetError
-from prn_lightning.data.folder import read_folder_category
-from prn_lightning.data.images import read_image, read_mask
-from prn_lightning.data.records import ANOMALOUS
-from prn_lightning.data.registry import load_category
-from prn_lightning.data.synthetic import DEFECTS, MARKER, ensure_synthetic, generate_synthetic
+from prn_lightning.errors import DatasetError
+from prn_lightning.data.sources.folder import read_folder_category
+from prn_lightning.imaging.io import read_image, read_mask
+from prn_lightning.data.sources.records import ANOMALOUS
+from prn_lightning.data.sources.registry import load_category
+from prn_lightning.data.sources.synthetic import DEFECTS, MARKER, ensure_synthetic, generate_synthetic
 
 SMALL = {"num_train": 2, "num_test_good": 1, "num_per_defect": 1}
 

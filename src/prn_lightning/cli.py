@@ -31,7 +31,8 @@ def _test(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from prn_lightning.config import ConfigError, load_config
+    from prn_lightning.config import load_config
+    from prn_lightning.errors import ConfigError
     from prn_lightning.workflows.predict import run_predict
 
     aliases = {"input": "predict.input", "out": "predict.out"}
@@ -70,19 +71,26 @@ def _dashboard(args: argparse.Namespace) -> None:
 
 
 def _download(args: argparse.Namespace) -> None:
-    from prn_lightning.data.download import download_dataset
+    from prn_lightning.data.sources.download import download_dataset
 
     path = download_dataset(args.dataset, Path(args.data_dir), url=args.url, sha256=args.sha256)
     print(f"{args.dataset} is ready at {path}")
 
 
 def _generate_synthetic(args: argparse.Namespace) -> None:
-    from prn_lightning.data.synthetic import generate_synthetic
+    from prn_lightning.data.sources.synthetic import generate_synthetic
 
     counts = generate_synthetic(Path(args.root), seed=args.seed)
     for category, per_split in counts.items():
         print(f"{category}: {per_split}")
     print(f"synthetic dataset written to {args.root}")
+
+
+def _make_train(args: argparse.Namespace) -> None:
+    from prn_lightning.workflows.make_train import run_make_train
+
+    result = run_make_train(args.dataset, args.category, args.overrides, sweep=args.sweep)
+    print(f"{'sweep' if args.sweep else 'run directory'}: {result}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("target", help="a runs directory, or ENTITY/PROJECT on W&B")
     dashboard.set_defaults(handler=_dashboard)
 
+    make_train = commands.add_parser("make-train", help="what `make train` / `make sweep` run")
+    make_train.add_argument("--sweep", default=None, help="sweep name under experiments/sweeps/")
+    make_train.add_argument("dataset", nargs="?", default="", help="mvtec, btad, dagm, ksdd2, folder, synthetic")
+    make_train.add_argument("category", nargs="?", default="")
+    make_train.add_argument("overrides", nargs="*", help="key=value dotlist overrides")
+    make_train.set_defaults(handler=_make_train)
+
     download = commands.add_parser("download", help="download and verify a public dataset")
     download.add_argument("dataset", help="mvtec, btad, dagm, ksdd2 or dtd")
     download.add_argument("--data-dir", default="data")
@@ -131,14 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prn_lightning.config import ConfigError
-    from prn_lightning.data.errors import DatasetError
+    from prn_lightning.errors import PRNUserError
     from prn_lightning.workflows.sweep import SweepFileError, SweepRunsFailed
 
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (ConfigError, DatasetError, FileNotFoundError, SweepFileError, SweepRunsFailed) as err:
+    except (PRNUserError, FileNotFoundError, SweepFileError, SweepRunsFailed) as err:
         if os.environ.get("PRN_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -14,11 +14,9 @@ from typing import Iterable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from prn_lightning.errors import ConfigError
+
 GROUPS = ("data", "model", "trainer", "logger")
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says which and how to fix it."""
 
 
 def experiments_dir() -> Path:

@@ -23,19 +23,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from prn_lightning.config import ConfigError
+from prn_lightning.errors import ConfigError
+from prn_lightning.data import seed_streams
 from prn_lightning.data.datasets import EvalDataset, SampleKind, TrainMixDataset
-from prn_lightning.data.records import Sample
-from prn_lightning.data.registry import load_category
+from prn_lightning.data.sources.records import Sample
+from prn_lightning.data.sources.registry import load_category
 from prn_lightning.data.samplers import EpochScheduleSampler, UnrepeatedDistributedSampler, world_size_and_rank
 from prn_lightning.data.seen import split_seen, write_seen_list
-from prn_lightning.data.transforms import normalise
+from prn_lightning.imaging.tensors import normalise
 from prn_lightning.synthesis.extended import extend_anomalies
 from prn_lightning.synthesis.perlin import perlin_masks
 from prn_lightning.synthesis.simulated import sample_beta, simulate_anomalies
 from prn_lightning.synthesis.textures import TextureSource, resolve_texture_dir
 
-HOLDOUT_STREAM, BATCH_STREAM, LOADER_STREAM = 11, 12, 13
 FOREGROUND_MODES = ("auto", "texture", "object")
 
 
@@ -59,7 +59,7 @@ def hold_out(train: list[Sample], fraction: float, seed: int) -> tuple[list[Samp
     if len(train) - n_val < 1:
         raise ConfigError(f"data.val_fraction={fraction} leaves no training image out of {len(train)} in "
                           "train/good; lower data.val_fraction")
-    chosen = set(np.random.default_rng([seed, HOLDOUT_STREAM]).permutation(len(train))[:n_val].tolist())
+    chosen = set(np.random.default_rng([seed, seed_streams.HOLDOUT]).permutation(len(train))[:n_val].tolist())
     return ([s for i, s in enumerate(train) if i not in chosen], [s for i, s in enumerate(train) if i in chosen])
 
 
@@ -169,7 +169,7 @@ class PRNDataModule(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                           persistent_workers=workers > 0, worker_init_fn=seed_worker,
                           generator=torch.Generator().manual_seed(
-                              int(np.random.SeedSequence([self.seed, LOADER_STREAM, rank]).generate_state(1)[0])),
+                              int(np.random.SeedSequence([self.seed, seed_streams.LOADER, rank]).generate_state(1)[0])),
                           pin_memory=torch.cuda.is_available())
 
     def _eval_loader(self, dataset: EvalDataset) -> DataLoader:
@@ -238,5 +238,5 @@ class PRNDataModule(pl.LightningDataModule):
         count = count if counted_epoch == epoch else 0
         self._batch_counter = (epoch, count + 1)
         rank = world_size_and_rank()[1]
-        state = np.random.SeedSequence([self.seed, BATCH_STREAM, epoch, count, rank]).generate_state(1, np.uint64)
+        state = np.random.SeedSequence([self.seed, seed_streams.BATCH, epoch, count, rank]).generate_state(1, np.uint64)
         return int(state[0])

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from prn_lightning.data.records import ANOMALOUS, Sample
-from prn_lightning.data.transforms import image_to_tensor, load_image, load_mask, mask_to_tensor
+from prn_lightning.data import seed_streams
+from prn_lightning.data.sources.records import ANOMALOUS, Sample
+from prn_lightning.imaging.tensors import image_to_tensor, load_image, load_mask, mask_to_tensor
 from prn_lightning.synthesis.augment import augment_defect, defect_augmentation
 from prn_lightning.synthesis.extended import place_defect
 from prn_lightning.synthesis.foreground import estimate_foreground
@@ -25,7 +26,6 @@ from prn_lightning.synthesis.simulated import sample_beta, simulate_anomalies
 from prn_lightning.synthesis.textures import TextureSource
 
 # Entropy tags that keep the seeded streams of different purposes apart.
-SCHEDULE_STREAM, SAMPLE_STREAM, VALIDATION_STREAM = 1, 2, 3
 AUGMENT_RETRIES = 3  # re-augment a seen defect whose mask the affine transform pushed out of the image
 
 
@@ -112,7 +112,7 @@ class TrainMixDataset(Dataset):
         return self._schedule[1]
 
     def _build_schedule(self, epoch: int) -> EpochSchedule:
-        rng = np.random.default_rng([self.seed, SCHEDULE_STREAM, epoch])
+        rng = np.random.default_rng([self.seed, seed_streams.SCHEDULE, epoch])
         kinds = np.concatenate([np.full(n, int(k), np.int64) for k, n in sorted(self.counts.items())])
         rng.shuffle(kinds)
         primary = np.zeros(len(kinds), np.int64)
@@ -137,7 +137,7 @@ class TrainMixDataset(Dataset):
             raise IndexError(f"position {position} outside the epoch of {self.samples_per_epoch} samples")
         plan = self.schedule(int(epoch))
         kind = SampleKind(int(plan.kinds[position]))
-        rng = np.random.default_rng([self.seed, SAMPLE_STREAM, int(epoch), int(position)])
+        rng = np.random.default_rng([self.seed, seed_streams.SAMPLE, int(epoch), int(position)])
         size = self.image_size
         source = np.zeros((size, size, 3), np.uint8)
         if kind == SampleKind.SEEN:
@@ -215,7 +215,7 @@ class EvalDataset(Dataset):
 
     def _simulated(self, image: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.image_size
-        rng = np.random.default_rng([self.seed, VALIDATION_STREAM, index])
+        rng = np.random.default_rng([self.seed, seed_streams.VALIDATION, index])
         generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
         mask = perlin_masks(1, size, size, generator=generator, device="cpu", **self.perlin)
         beta = sample_beta(1, self.beta_range, generator=generator, device="cpu")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prn_lightning.data.errors import DatasetError
-from prn_lightning.data.records import ANOMALOUS, CategorySplits, Sample
+from prn_lightning.errors import DatasetError
+from prn_lightning.data.sources.records import ANOMALOUS, CategorySplits, Sample
 
 
 def select_seen_anomalies(test: list[Sample], n: int, seed: int) -> list[Sample]:

@@ -11,11 +11,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from prn_lightning.data.errors import DatasetError
+from prn_lightning.errors import DatasetError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class ImageReadError(DatasetError):
+    """An image or mask file that cannot be read or decoded; the message names the file."""
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -34,10 +36,10 @@ def _decode(path: Path, flags: int) -> np.ndarray:
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as err:
-        raise DatasetError(f"cannot read image file {path}: {err.strerror or err}") from err
+        raise ImageReadError(f"cannot read image file {path}: {err.strerror or err}") from err
     image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
-        raise DatasetError(f"cannot decode image file {path}: it is empty, truncated or not an image; "
+        raise ImageReadError(f"cannot decode image file {path}: it is empty, truncated or not an image; "
                            "replace it or remove it from the dataset folder")
     return image
 

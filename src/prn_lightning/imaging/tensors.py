@@ -1,4 +1,4 @@
-"""Image tensors the same way everywhere: square resize, [0, 1] float tensors, ImageNet (de)normalisation.
+"""Image tensors the same way everywhere: resize, [0, 1] float tensors, ImageNet (de)normalisation.
 
 Images are resized with INTER_AREA when shrinking (no aliasing) and INTER_LINEAR when enlarging; masks with
 nearest-neighbour so they stay binary. Normalisation runs on the batch's device after transfer, so the synthesis
@@ -12,7 +12,10 @@ import cv2
 import numpy as np
 import torch
 
-from prn_lightning.data.images import IMAGENET_MEAN, IMAGENET_STD, read_image, read_mask
+from prn_lightning.imaging.io import read_image, read_mask
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from prn_lightning.config import ConfigError
+from prn_lightning.errors import ConfigError
 
 
 def wandb_api_key_configured() -> bool:

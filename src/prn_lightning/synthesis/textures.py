@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prn_lightning.config import ConfigError
-from prn_lightning.data.images import is_image_file, read_image
-from prn_lightning.data.transforms import resize_image
+from prn_lightning.errors import ConfigError
+from prn_lightning.imaging.io import is_image_file, read_image
+from prn_lightning.imaging.tensors import resize_image
 from prn_lightning.synthesis.augment import augment_source, source_augmentation
 
 MIN_CROP = 0.5  # crops cover 50-100 % of the texture's shorter side

@@ -6,16 +6,16 @@ The CPU experiment is used without a GPU, the bundled-backbone GPU experiment wi
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from prn_lightning.cli import main as prn_main
 from prn_lightning.config import experiments_dir, load_config
-from prn_lightning.data.errors import DatasetError
-from prn_lightning.data.registry import load_category
+from prn_lightning.data.sources.download import download_dataset
+from prn_lightning.errors import DatasetError
+from prn_lightning.data.sources.registry import load_category
+from prn_lightning.workflows.sweep import run_sweep
+from prn_lightning.workflows.train import run_train
 
 DOWNLOADABLE = ("mvtec", "btad", "dagm", "ksdd2")
 
@@ -30,42 +30,25 @@ def experiment_overrides(dataset: str, category: str, extra: list[str]) -> list[
     return overrides + list(extra)
 
 
-def ensure_dataset(overrides: list[str]) -> int:
-    """Download a public dataset on first use (the same as `prn download DATASET`); returns an exit code."""
+def ensure_dataset(overrides: list[str]) -> None:
+    """Download a public dataset on first use (the same as `prn download DATASET`); a failure raises DatasetError."""
     cfg = load_config(overrides)
     if cfg.data.dataset not in DOWNLOADABLE:
-        return 0
+        return
     try:
         load_category(cfg.data)
-        return 0
     except DatasetError:
         root = Path(cfg.data.root)
         print(f"{cfg.data.dataset} not found under {root}: downloading (see README 'Datasets' for the manual route)")
-        return prn_main(["download", str(cfg.data.dataset), "--data-dir", str(root.parent)]
-                        + (["--url", cfg.data.url] if cfg.data.url else [])
-                        + (["--sha256", cfg.data.sha256] if cfg.data.sha256 else []))
+        download_dataset(str(cfg.data.dataset), root.parent, url=cfg.data.url or None, sha256=cfg.data.sha256 or None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make train")
-    parser.add_argument("--sweep", default=None, help="sweep name under experiments/sweeps/")
-    parser.add_argument("dataset", nargs="?", default="")
-    parser.add_argument("category", nargs="?", default="")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    overrides = experiment_overrides(args.dataset.strip(), args.category.strip(), args.overrides)
-    try:
-        code = ensure_dataset(overrides)
-    except (DatasetError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if code:
-        return code
-    if args.sweep:
-        sweep_file = experiments_dir() / "sweeps" / f"{args.sweep}.yaml"
-        return prn_main(["sweep", str(sweep_file), *overrides])
-    return prn_main(["train", *overrides])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run_make_train(dataset: str, category: str, extra: list[str], sweep: str | None = None) -> Path:
+    """`make train` / `make sweep`: pick the experiment, fetch the dataset on first use, then train (or sweep)."""
+    overrides = experiment_overrides(dataset.strip(), category.strip(), extra)
+    ensure_dataset(overrides)
+    if sweep:
+        sweep_file = experiments_dir() / "sweeps" / f"{sweep}.yaml"
+        run_sweep(sweep_file, overrides)
+        return sweep_file
+    return run_train(load_config(overrides))

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prn_lightning.data.images import IMAGE_EXTENSIONS, is_image_file, read_image
-from prn_lightning.data.transforms import image_to_tensor, normalise, resize_image
+from prn_lightning.imaging.io import IMAGE_EXTENSIONS, is_image_file, read_image
+from prn_lightning.imaging.tensors import image_to_tensor, normalise, resize_image
 
 OVERLAY_ALPHA = 0.5
 CONTOUR_COLOUR = (255, 0, 0)  # RGB

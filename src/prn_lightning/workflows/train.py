@@ -22,7 +22,7 @@ from PIL import Image
 
 from prn_lightning.data.datamodule import PRNDataModule
 from prn_lightning.config import apply_overrides
-from prn_lightning.data.transforms import normalise
+from prn_lightning.imaging.tensors import normalise
 from prn_lightning.loggers.console import print_summary
 from prn_lightning.loggers.run_artifacts import (
     HistoryWriter,

@@ -8,21 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prn_lightning.data.download import DownloadSpec, fetch_hint
-from prn_lightning.data.errors import DatasetError
-from prn_lightning.data.folder import read_folder_category
-from prn_lightning.data.records import CategorySplits
+from prn_lightning.data.sources.download_specs import BTAD, BTAD_CATEGORIES, fetch_hint
+from prn_lightning.errors import DatasetError
+from prn_lightning.data.sources.folder import read_folder_category
+from prn_lightning.data.sources.records import CategorySplits
 
-CATEGORIES = ("01", "02", "03")
+CATEGORIES = BTAD_CATEGORIES
 
-DOWNLOAD = DownloadSpec(
-    name="btad",
-    url="https://avires.dimi.uniud.it/papers/btad/btad.zip",
-    sha256="461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a",
-    archive="btad.zip",
-    expect=CATEGORIES,  # the archive holds BTech_Dataset_transformed/{01,02,03}; that folder becomes data/btad
-    homepage="https://github.com/pankajmishra000/VT-ADL",
-)
 
 
 def load_btad(root: str | Path, category: str | int) -> CategorySplits:
@@ -32,4 +24,4 @@ def load_btad(root: str | Path, category: str | int) -> CategorySplits:
         raise DatasetError(f"unknown BTAD category '{category}' (data.category); choose one of: "
                            f"{', '.join(CATEGORIES)}")
     return read_folder_category(root, category, dataset="btad", normal_dir="ok", mask_suffix="",
-                                hint=fetch_hint(DOWNLOAD, root))
+                                hint=fetch_hint(BTAD, root))

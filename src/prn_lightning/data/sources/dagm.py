@@ -10,24 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prn_lightning.data.download import DownloadSpec, fetch_hint
-from prn_lightning.data.errors import DatasetError
-from prn_lightning.data.folder import check_category_dir
-from prn_lightning.data.images import IMAGE_EXTENSIONS
-from prn_lightning.data.records import ANOMALOUS, GOOD, NORMAL, CategorySplits, Sample
+from prn_lightning.data.sources.download_specs import DAGM, fetch_hint
+from prn_lightning.errors import DatasetError
+from prn_lightning.data.sources.folder import check_category_dir
+from prn_lightning.imaging.io import IMAGE_EXTENSIONS
+from prn_lightning.data.sources.records import ANOMALOUS, GOOD, NORMAL, CategorySplits, Sample
 
 CATEGORIES = tuple(f"Class{i}" for i in range(1, 11))
 DEFECT = "defect"
 
-DOWNLOAD = DownloadSpec(
-    name="dagm",
-    url=None,  # no stable direct link: the organisers' page moved (now on Zenodo, "DAGM 2007 competition dataset")
-    sha256=None,
-    archive="dagm2007.zip",
-    expect=("Class1",),
-    homepage="https://hci.iwr.uni-heidelberg.de/content/weakly-supervised-learning-industrial-optical-inspection "
-             "(or Zenodo: search 'DAGM 2007 competition dataset')",
-)
 
 
 def _read_labels(split_dir: Path) -> list[tuple[str, bool, str | None]]:
@@ -68,7 +59,7 @@ def load_dagm(root: str | Path, category: str) -> CategorySplits:
     if category not in CATEGORIES:
         raise DatasetError(f"unknown DAGM category '{category}' (data.category); choose one of: "
                            f"{', '.join(CATEGORIES)}")
-    folder = check_category_dir(root, category, fetch_hint(DOWNLOAD, root))
+    folder = check_category_dir(root, category, fetch_hint(DAGM, root))
     train = [s for s in _split_samples(folder / "Train") if s.label == NORMAL]
     if not train:
         raise DatasetError(f"no normal training images listed in {folder / 'Train' / 'Label' / 'Labels.txt'}")

@@ -19,42 +19,12 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from prn_lightning.data.errors import DatasetError
+from prn_lightning.data.sources.download_specs import DOWNLOAD_SPECS, DownloadSpec, manual_route
+from prn_lightning.errors import DatasetError
 
 CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class DownloadSpec:
-    """Where a dataset comes from and what its archive unpacks to."""
-
-    name: str                    # folder under the data directory: data/<name>
-    url: str | None              # None: no stable public URL, manual download only
-    sha256: str | None           # None: unknown, the observed hash is recorded on first download
-    archive: str                 # file name the archive is stored under: data/<name>/<archive>
-    expect: tuple[str, ...]      # entries the dataset root holds (found anywhere in the archive, then checked)
-    homepage: str = ""           # where a person can fetch it by hand
-
-
-DTD = DownloadSpec(
-    name="dtd",
-    url="https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
-    sha256="e42855a52a4950a3b59612834602aa253914755c95b0cff9ead6d07395f8e205",
-    archive="dtd-r1.0.1.tar.gz",
-    expect=("images",),
-    homepage="https://www.robots.ox.ac.uk/~vgg/data/dtd/",
-)
-
-
-def manual_route(spec: DownloadSpec, target: Path, url: str | None = None) -> str:
-    """How to place a dataset by hand (the sentence every download error ends with)."""
-    source = url or spec.url or spec.homepage or "the dataset's homepage"
-    return (f"download {spec.archive} by hand from {source} and put it at {target / spec.archive}, "
-            f"or extract it yourself so that {target} holds {', '.join(spec.expect)} (then set data.root={target}); "
-            f"then run the same command again (`prn download {spec.name}` or your training command)")
 
 
 def sha256_of(path: str | Path) -> str:
@@ -253,14 +223,6 @@ def extract_archive(archive: str | Path, target: str | Path, expect: tuple[str, 
 
 
 # ------------------------------------------------------------------------------------------------ datasets
-def dataset_specs() -> dict[str, DownloadSpec]:
-    """Download spec of every downloadable dataset, by name."""
-    # Imported here: each adapter declares its spec with the DownloadSpec class defined above.
-    from prn_lightning.data import btad, dagm, ksdd2, mvtec
-
-    return {spec.name: spec for spec in (mvtec.DOWNLOAD, btad.DOWNLOAD, dagm.DOWNLOAD, ksdd2.DOWNLOAD, DTD)}
-
-
 def is_present(target: Path, spec: DownloadSpec) -> bool:
     return all((target / entry).exists() for entry in spec.expect)
 
@@ -272,7 +234,7 @@ def download_dataset(name: str, data_dir: str | Path, url: str | None = None, sh
     `data_dir/name/<archive>` (placed by hand) is used instead of downloading. `url` and `sha256` override the
     spec's (config keys `data.url`, `data.sha256`). The archive is kept after extraction.
     """
-    specs = dataset_specs()
+    specs = DOWNLOAD_SPECS
     if name not in specs:
         raise DatasetError(f"unknown dataset '{name}' for download; choose one of: {', '.join(sorted(specs))}")
     spec = specs[name]
@@ -290,9 +252,3 @@ def download_dataset(name: str, data_dir: str | Path, url: str | None = None, sh
                                + manual_route(spec, target))
         download_file(source, archive, expected, hint=manual_route(spec, target, source))
     return extract_archive(archive, target, spec.expect)
-
-
-def fetch_hint(spec: DownloadSpec, root: str | Path) -> str:
-    """What to do when a dataset is not at `root`: the download command, or the manual route."""
-    return (f"run `prn download {spec.name}` to fetch it into data/{spec.name} (data.url overrides the URL), "
-            f"or {manual_route(spec, Path(root))}")

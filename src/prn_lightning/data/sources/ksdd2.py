@@ -12,24 +12,16 @@ import re
 import warnings
 from pathlib import Path
 
-from prn_lightning.data.download import DownloadSpec, fetch_hint
-from prn_lightning.data.errors import DatasetError
-from prn_lightning.data.images import read_mask
-from prn_lightning.data.records import ANOMALOUS, GOOD, NORMAL, CategorySplits, Sample
+from prn_lightning.data.sources.download_specs import KSDD2, fetch_hint
+from prn_lightning.errors import DatasetError
+from prn_lightning.imaging.io import read_mask
+from prn_lightning.data.sources.records import ANOMALOUS, GOOD, NORMAL, CategorySplits, Sample
 
 CATEGORIES = ("ksdd2",)
 DEFECT = "defect"
 _IMAGE = re.compile(r"^\d+\.png$", re.IGNORECASE)
 _MASK = re.compile(r"^\d+_GT\.png$", re.IGNORECASE)
 
-DOWNLOAD = DownloadSpec(
-    name="ksdd2",
-    url="https://go.vicos.si/kolektorsdd2",
-    sha256=None,  # unknown: the observed hash is recorded on first download
-    archive="KolektorSDD2.zip",
-    expect=("train", "test"),
-    homepage="https://www.vicos.si/resources/kolektorsdd2/",
-)
 
 
 def _split_samples(split_dir: Path) -> list[Sample]:
@@ -58,7 +50,7 @@ def load_ksdd2(root: str | Path, category: str = "ksdd2") -> CategorySplits:
         if not (root / split).is_dir():
             what = "dataset root" if not root.is_dir() else "folder"
             raise DatasetError(f"KSDD2 {what} {root / split if root.is_dir() else root} (data.root) does not "
-                               f"exist; data.root must hold train/ and test/; {fetch_hint(DOWNLOAD, root)}")
+                               f"exist; data.root must hold train/ and test/; {fetch_hint(KSDD2, root)}")
     train = [s for s in _split_samples(root / "train") if s.label == NORMAL]
     if not train:
         raise DatasetError(f"no normal (empty-mask) training images in {root / 'train'}")

@@ -6,7 +6,7 @@ dataset-agnostic.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 NORMAL = 0
@@ -34,7 +34,6 @@ class CategorySplits:
     train: list[Sample]            # normal training images (train/good)
     test: list[Sample]             # the whole test split: normals and anomalies
     is_texture: bool | None = None  # True: whole image is foreground; None: estimate it
-    extra: dict = field(default_factory=dict)
 
     @property
     def defect_types(self) -> list[str]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from prn_lightning.data import btad, dagm, ksdd2, mvtec, synthetic
-from prn_lightning.data.errors import DatasetError
-from prn_lightning.data.folder import find_categories, read_folder_category
-from prn_lightning.data.records import CategorySplits
+from prn_lightning.data.sources import btad, dagm, ksdd2, mvtec, synthetic
+from prn_lightning.errors import DatasetError
+from prn_lightning.data.sources.folder import find_categories, read_folder_category
+from prn_lightning.data.sources.records import CategorySplits
 
 DATASETS: dict[str, list[str] | None] = {
     "synthetic": list(synthetic.CATEGORIES),

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from prn_lightning.data.errors import DatasetError
+from prn_lightning.errors import DatasetError
 
 GENERATOR_VERSION = 1
 MARKER = ".prn_synthetic.json"

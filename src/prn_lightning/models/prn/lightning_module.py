@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prn_lightning.config import ConfigError
+from prn_lightning.errors import ConfigError
 from prn_lightning.metrics import AnomalyMetrics
 from prn_lightning.models.prn.loss import PRNLoss
 from prn_lightning.models.prn.network import PRNNetwork
