@@ -16,7 +16,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24" setuptools wheel
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,$(strip $(FAISS))]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,deploy,$(strip $(FAISS))]"
 	@touch $(STAMP)
 
 install: $(STAMP)
