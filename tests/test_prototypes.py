@@ -102,3 +102,45 @@ def test_errors_before_fit_and_for_bad_input():
     fitted = _fitted_bank()
     with pytest.raises(PrototypeError, match="image size or backbone"):
         fitted.nearest(0, torch.randn(1, 4, 16, 16))
+
+
+def _real_images(root, names: list[str], size: int) -> torch.Tensor:
+    from prn_lightning.imaging.tensors import image_to_tensor, load_image
+
+    return torch.stack([image_to_tensor(load_image(p, size)) for p in names])
+
+
+def test_torch_lookup_picks_the_same_prototypes_as_faiss_on_real_features(tmp_path):
+    """The default tensor-op lookup (what an exported graph runs) and FAISS' IndexFlatL2 agree on real features."""
+    from conftest import shared_data_root
+
+    from prn_lightning.data.sources.synthetic import ensure_synthetic
+    from prn_lightning.imaging.io import list_images
+    from prn_lightning.imaging.tensors import normalise
+    from prn_lightning.models.prn.backbone import FrozenBackbone
+
+    root = shared_data_root() / "kolektor"
+    if not root.is_dir():
+        ensure_synthetic(tmp_path / "synthetic")
+        root = tmp_path / "synthetic" / "texture"
+    normals = list_images(root / "train" / "good")
+    train = normals[:30]
+    queries = normals[30:45] + sorted(p for d in (root / "test").iterdir() for p in list_images(d))[::9][:15]
+    backbone = FrozenBackbone("tf_efficientnet_lite0", "bundled", (1, 2, 3, 4))
+    with torch.no_grad():
+        fit_features = backbone(normalise(_real_images(root, train, 128)))[:3]
+        query_features = backbone(normalise(_real_images(root, queries, 128)))[:3]
+    by_torch, by_faiss = PrototypeBank(3, "torch"), PrototypeBank(3, "faiss")
+    by_torch.fit(list(fit_features), ratio=0.2, iterations=10, seed=0)
+    by_faiss.load_state_dict(by_torch.state_dict())
+    chosen = set()
+    for stage, query in enumerate(query_features):
+        ids = by_torch.nearest_ids(stage, query)
+        assert torch.equal(ids, by_faiss.nearest_ids(stage, query))
+        chosen |= {(stage, i) for i in ids.tolist()}
+    assert len(chosen) > 3  # a real choice among the prototypes, not one id everywhere
+
+
+def test_unknown_lookup_names_the_key():
+    with pytest.raises(PrototypeError, match="model.prototype_lookup"):
+        PrototypeBank(3, "annoy")

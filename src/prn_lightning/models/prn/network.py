@@ -33,6 +33,7 @@ class PRNNetwork(nn.Module):
         backbone: FrozenBackbone,
         image_size: int | Sequence[int],
         use_prototypes: bool = True,
+        prototype_lookup: str = "torch",
         use_fusion: bool = True,
         use_msa: bool = True,
         msa_blocks: int = 3,
@@ -50,7 +51,7 @@ class PRNNetwork(nn.Module):
         self._check_size(self.image_size, strides[-1], backbone.name)
         self.backbone = backbone
         stage_channels, stage_strides = channels[:NUM_PROTOTYPE_STAGES], strides[:NUM_PROTOTYPE_STAGES]
-        self.prototypes = PrototypeBank(NUM_PROTOTYPE_STAGES) if use_prototypes else None
+        self.prototypes = PrototypeBank(NUM_PROTOTYPE_STAGES, prototype_lookup) if use_prototypes else None
         self.feature_fusion = MultiScaleFusion(stage_channels, stage_strides) if use_fusion else None
         with_residuals = use_fusion and use_prototypes
         self.residual_fusion = MultiScaleFusion(stage_channels, stage_strides) if with_residuals else None
@@ -77,6 +78,7 @@ class PRNNetwork(nn.Module):
             backbone,
             image_size,
             use_prototypes=bool(cfg.use_prototypes),
+            prototype_lookup=str(cfg.prototype_lookup),
             use_fusion=bool(cfg.use_fusion),
             use_msa=bool(cfg.use_msa),
             msa_blocks=int(cfg.msa_blocks),

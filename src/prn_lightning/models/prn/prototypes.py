@@ -2,8 +2,11 @@
 
 The prototypes are buffers, so they travel in the state dict and a checkpoint restores them without re-clustering
 (their K is only known after `fit`, so loading resizes the buffers to the checkpoint's shapes). Nearest-prototype
-search uses a FAISS `IndexFlatL2` built lazily from the buffers; it lives on the current CUDA device when FAISS has
-GPU support and a GPU is visible, on the CPU otherwise.
+search is plain tensor ops on the prototypes' own device by default (`lookup="torch"`: squared L2 to each of the K
+whole maps, argmin, gather), so a forward pass never leaves the device and the graph exports without FAISS; it
+picks the same prototypes as FAISS' `IndexFlatL2` (tests/test_prototypes.py, on real features). `lookup="faiss"`
+searches a FAISS `IndexFlatL2` built lazily from the buffers instead (on the current CUDA device when FAISS has GPU
+support and a GPU is visible, on the CPU otherwise), for banks kept off the accelerator.
 
 Memory: stage j holds K x D float32 values, D = c_j x h_j x w_j, i.e. K x D x 4 bytes, once in the buffer and once
 more in the FAISS index. Examples at 256 px: EfficientNet-Lite0 stage 1 is 24 x 64 x 64 = 98,304 floats (384 KiB)
@@ -50,11 +53,16 @@ def number_of_prototypes(ratio: float, num_images: int) -> int:
 
 
 class PrototypeBank(nn.Module):
-    """Per-stage prototype tensors (K, c, h, w) as buffers, with FAISS nearest-prototype lookup."""
+    """Per-stage prototype tensors (K, c, h, w) as buffers, with nearest-prototype lookup (torch or FAISS)."""
 
-    def __init__(self, num_stages: int) -> None:
+    LOOKUPS = ("torch", "faiss")
+
+    def __init__(self, num_stages: int, lookup: str = "torch") -> None:
         super().__init__()
+        if lookup not in self.LOOKUPS:
+            raise PrototypeError(f"model.prototype_lookup={lookup!r} must be one of {', '.join(self.LOOKUPS)}")
         self.num_stages = num_stages
+        self.lookup = lookup
         for stage in range(num_stages):
             self.register_buffer(self._name(stage), torch.empty(0))
         self._indexes: dict[int, faiss.Index] = {}
@@ -128,10 +136,21 @@ class PrototypeBank(nn.Module):
                 f"{tuple(prototypes.shape[1:])}: the image size or backbone differs from the one the prototypes were "
                 "fitted with"
             )
-        query = np.ascontiguousarray(features.detach().reshape(features.shape[0], -1).float().cpu().numpy())
-        _, ids = self._index(stage).search(query, 1)
-        nearest = prototypes.index_select(0, torch.from_numpy(ids[:, 0]).to(prototypes.device))
-        return nearest.to(device=features.device, dtype=features.dtype)
+        ids = self.nearest_ids(stage, features)
+        return prototypes.index_select(0, ids).to(device=features.device, dtype=features.dtype)
+
+    def nearest_ids(self, stage: int, features: Tensor) -> Tensor:
+        """Index (B,) of the prototype nearest to each map of `features` (B, c, h, w), on the prototypes' device."""
+        prototypes = self[stage]
+        if self.lookup == "faiss":
+            query = np.ascontiguousarray(features.detach().reshape(features.shape[0], -1).float().cpu().numpy())
+            _, ids = self._index(stage).search(query, 1)
+            return torch.from_numpy(ids[:, 0]).to(prototypes.device)
+        flat = prototypes.reshape(prototypes.shape[0], -1)
+        query = features.detach().reshape(features.shape[0], -1).to(flat)
+        # ||q - p||^2 = ||q||^2 - 2 q.p + ||p||^2; ||q||^2 is the same for every p, so it does not change the argmin.
+        distances = flat.square().sum(dim=1).unsqueeze(0) - 2.0 * query @ flat.T
+        return distances.argmin(dim=1)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
