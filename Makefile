@@ -11,7 +11,7 @@ SWEEP ?= prototype_ratio
 ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install train test bench sweep table clean-venv
+.PHONY: install train test lint bench sweep table clean-venv
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,11 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/prn make-train "$(DATASET)" "$(CATEGORY)" $(ARGS)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(ARGS)
