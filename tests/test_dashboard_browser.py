@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_dashboard import runs_dir  # noqa: F401  (fixture: a finished sweep, as the train workflow leaves it)
 
 from prn_lightning.workflows.dashboard import build_dashboard
+from test_dashboard import runs_dir  # noqa: F401  (fixture: a finished sweep, as the train workflow leaves it)
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--window-size=1280,900",
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+    "--window-size=1280,900",
 )
 TIMEOUT_S = 60.0
 IMAGES_JS = """JSON.stringify(Array.from(document.images, img => ({
