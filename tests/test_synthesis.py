@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prn_lightning.errors import ConfigError
-from prn_lightning.synthesis.augment import augment_defect, defect_augmentation
+from prn_lightning.synthesis.augment import SOURCE_OPS, SourceAugmentation, augment_defect, defect_augmentation
 from prn_lightning.synthesis.extended import extend_anomalies, place_defect
 from prn_lightning.synthesis.perlin import perlin_masks
 from prn_lightning.synthesis.simulated import sample_beta, simulate_anomalies
@@ -109,13 +109,18 @@ def test_place_defect_with_empty_mask_places_nothing():
     assert not placed.any() and not content.any()
 
 
-def test_augmentation_is_seeded_keeps_masks_binary_and_aligned():
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+def square_defect():
+    """A 64 x 64 noise image with a bright 20 x 20 square and its mask."""
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     image[20:40, 10:30] = 255
     mask = np.zeros((64, 64), np.uint8)
     mask[20:40, 10:30] = 1
-    pipeline = defect_augmentation()
+    return image, mask
+
+
+def test_geometric_augmentation_is_seeded_keeps_masks_binary_and_aligned():
+    image, mask = square_defect()
+    pipeline = defect_augmentation("geometric")
     a_img, a_mask = augment_defect(pipeline, image, mask, seed=7)
     b_img, b_mask = augment_defect(pipeline, image, mask, seed=7)
     assert np.array_equal(a_img, b_img) and np.array_equal(a_mask, b_mask)
@@ -128,6 +133,53 @@ def test_augmentation_is_seeded_keeps_masks_binary_and_aligned():
         rows, cols = np.nonzero(out_mask)
         quadrants.add((rows.mean() < 32, cols.mean() < 32))
     assert len(quadrants) == 4  # flips are independent of each other (not all seeded alike)
+
+
+def test_photometric_augmentation_keeps_a_whole_seen_image_registered():
+    """The default for whole seen images: the mask is untouched, the image changes only in colour (every pixel keeps
+    its place, so a bright square stays exactly where the mask says), and `none` returns the input."""
+    image, mask = square_defect()
+    pipeline = defect_augmentation("photometric")
+    changed = 0
+    for seed in range(20):
+        out_img, out_mask = augment_defect(pipeline, image, mask, seed=seed)
+        assert np.array_equal(out_mask, mask) and out_img.shape == image.shape and out_img.dtype == np.uint8
+        gray = cv2.cvtColor(out_img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        original = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        assert np.corrcoef(gray.ravel(), original.ravel())[0, 1] > 0.9  # same pixels in the same places
+        changed += not np.array_equal(out_img, image)
+    assert changed >= 10  # the colour does change
+    assert defect_augmentation("none") is None
+    out_img, out_mask = augment_defect(None, image, mask, seed=0)
+    assert out_img is image and out_mask is mask
+    with pytest.raises(ConfigError, match="data.seen_augmentation=flip.*photometric, geometric, none"):
+        defect_augmentation("flip")
+
+
+def test_source_augmentation_draws_ops_without_replacement_seeded():
+    image = np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    augmentation = SourceAugmentation(per_source=3)
+    assert augmentation.ops == list(SOURCE_OPS) and len(SOURCE_OPS) == 10
+    outputs = [augmentation(image, np.random.default_rng(seed)) for seed in range(12)]
+    assert np.array_equal(outputs[0], augmentation(image, np.random.default_rng(0)))
+    assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outputs)
+    assert len({o.tobytes() for o in outputs}) == 12
+    assert SourceAugmentation(per_source=0)(image, np.random.default_rng(0)) is image
+    inverted = SourceAugmentation(ops=["invert"], per_source=1)(image, np.random.default_rng(0))
+    assert np.array_equal(inverted, 255 - image)
+    with pytest.raises(ConfigError, match="unknown op.*blur"):
+        SourceAugmentation(ops=["invert", "blur"])
+    with pytest.raises(ConfigError, match="per_source=3.*\\(2\\)"):
+        SourceAugmentation(ops=["invert", "gamma"], per_source=3)
+
+
+def test_texture_source_applies_the_source_augmentation(tmp_path):
+    folder = tmp_path / "textures"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "t.png"), np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    plain = TextureSource(folder, image_size=32).sample(np.random.default_rng(3))
+    inverting = TextureSource(folder, image_size=32, augmentation=SourceAugmentation(["invert"], 1))
+    assert np.array_equal(inverting.sample(np.random.default_rng(3)), 255 - plain)
 
 
 def test_texture_source_reads_folders_recursively_and_crops_to_size(tmp_path):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
+import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -25,7 +26,6 @@ from prn_lightning.synthesis.perlin import perlin_masks
 from prn_lightning.synthesis.simulated import sample_beta, simulate_anomalies
 from prn_lightning.synthesis.textures import TextureSource
 
-# Entropy tags that keep the seeded streams of different purposes apart.
 AUGMENT_RETRIES = 3  # re-augment a seen defect whose mask the affine transform pushed out of the image
 
 
@@ -78,15 +78,18 @@ class TrainMixDataset(Dataset):
 
     Each record holds "image" (3,S,S) float in [0,1], "mask" (1,S,S), "kind" and "source" (3,S,S):
     normal   -> the normal image, empty mask, zero source;
-    seen     -> the augmented seen anomaly and its mask, zero source;
-    extended -> a normal image, its placed defect content C as source and C's mask;
+    seen     -> the seen anomaly and its mask after `seen_augmentation` (default photometric: still
+                pixel-registered with the prototypes), zero source;
+    extended -> a normal image, its placed defect content C (after `extended_augmentation`, default geometric)
+                as source and C's mask;
     simulated-> a normal image, an anomaly-source crop as source, empty mask (Perlin mask drawn on the device).
     A plain integer index means epoch 0.
     """
 
     def __init__(self, normals: Sequence[Sample], seen: Sequence[Sample], *, image_size: int,
                  samples_per_epoch: int, anomaly_ratio: float, weights: dict[SampleKind, float],
-                 texture_source: TextureSource, estimate_objects: bool, seed: int) -> None:
+                 texture_source: TextureSource, estimate_objects: bool, seed: int,
+                 seen_augmentation: str = "photometric", extended_augmentation: str = "geometric") -> None:
         if not normals:
             raise ValueError("TrainMixDataset needs at least one normal training image")
         needs_seen = {SampleKind.SEEN, SampleKind.EXTENDED} & set(weights)
@@ -99,7 +102,8 @@ class TrainMixDataset(Dataset):
         self.texture_source = texture_source
         self.estimate_objects = estimate_objects
         self.seed = int(seed)
-        self._augmentation = defect_augmentation()
+        self._seen_augmentation = defect_augmentation(seen_augmentation, "data.seen_augmentation")
+        self._extended_augmentation = defect_augmentation(extended_augmentation, "data.extended_defect_augmentation")
         self._schedule: tuple[int, EpochSchedule] | None = None  # the last epoch's schedule (per worker)
 
     def __len__(self) -> int:
@@ -141,12 +145,13 @@ class TrainMixDataset(Dataset):
         size = self.image_size
         source = np.zeros((size, size, 3), np.uint8)
         if kind == SampleKind.SEEN:
-            image, mask = self._augmented_seen(int(plan.primary[position]), rng)
+            image, mask = self._augmented_seen(int(plan.primary[position]), rng, self._seen_augmentation)
         else:
             image = load_image(self.normals[int(plan.primary[position])].image_path, size)
             mask = np.zeros((size, size), np.uint8)
             if kind == SampleKind.EXTENDED:
-                defect, defect_mask = self._augmented_seen(int(plan.secondary[position]), rng)
+                defect, defect_mask = self._augmented_seen(int(plan.secondary[position]), rng,
+                                                           self._extended_augmentation)
                 foreground = (estimate_foreground(image) if self.estimate_objects
                               else np.ones((size, size), bool))
                 source, mask = place_defect(defect, defect_mask, foreground, rng)
@@ -155,12 +160,13 @@ class TrainMixDataset(Dataset):
         return {"image": image_to_tensor(image), "mask": mask_to_tensor(mask), "kind": int(kind),
                 "source": image_to_tensor(source)}
 
-    def _augmented_seen(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _augmented_seen(self, index: int, rng: np.random.Generator,
+                        pipeline: A.Compose | None) -> tuple[np.ndarray, np.ndarray]:
         sample = self.seen[index]
         image = load_image(sample.image_path, self.image_size)
         mask = load_mask(sample.mask_path, self.image_size)
         for _ in range(AUGMENT_RETRIES):
-            out_image, out_mask = augment_defect(self._augmentation, image, mask, int(rng.integers(2**31)))
+            out_image, out_mask = augment_defect(pipeline, image, mask, int(rng.integers(2**31)))
             if out_mask.any() or not mask.any():
                 return out_image, out_mask
         return image, mask  # the defect keeps leaving the frame: use it unaugmented

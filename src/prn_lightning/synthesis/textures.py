@@ -2,7 +2,8 @@
 
 DRAEM shows DTD textures through Perlin masks. Any image folder works (e.g. the Brodatz plates); without one the
 source is a normal training image, strongly recoloured and turned, which still produces out-of-distribution
-patches of the right statistics for the category.
+patches of the right statistics for the category. Either source then goes through DRAEM's random photometric
+augmenters (`SourceAugmentation`, `data.source_augmentation`), so simulated anomalies vary as the method assumes.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from prn_lightning.errors import ConfigError
 from prn_lightning.imaging.io import is_image_file, read_image
 from prn_lightning.imaging.tensors import resize_image
-from prn_lightning.synthesis.augment import augment_source, source_augmentation
+from prn_lightning.synthesis.augment import SourceAugmentation, augment_source, source_augmentation
 
 MIN_CROP = 0.5  # crops cover 50-100 % of the texture's shorter side
 
@@ -33,8 +34,10 @@ def resolve_texture_dir(texture_dir: str | Path | None, data_root: str | Path) -
 class TextureSource:
     """Random anomaly-source images of `image_size` x `image_size`, RGB uint8, from a folder or from normals."""
 
-    def __init__(self, texture_dir: str | Path | None, image_size: int) -> None:
+    def __init__(self, texture_dir: str | Path | None, image_size: int,
+                 augmentation: SourceAugmentation | None = None) -> None:
         self.image_size = int(image_size)
+        self.augmentation = augmentation
         self.paths: list[Path] = []
         if texture_dir is not None:
             self.paths = sorted(p for p in Path(texture_dir).rglob("*") if p.is_file() and is_image_file(p))
@@ -51,13 +54,16 @@ class TextureSource:
         return len(self.paths)
 
     def sample(self, rng: np.random.Generator, normal_image: np.ndarray | None = None) -> np.ndarray:
-        """A random crop of a random texture; without textures, an augmented crop of `normal_image` (required)."""
+        """A random crop of a random texture; without textures, a recoloured crop of `normal_image` (required).
+        Then the photometric `augmentation`, when there is one."""
         if self.paths:
-            return self._random_crop(read_image(self.paths[rng.integers(len(self.paths))]), rng)
-        if normal_image is None:
+            source = self._random_crop(read_image(self.paths[rng.integers(len(self.paths))]), rng)
+        elif normal_image is None:
             raise ValueError("TextureSource has no texture folder: pass a normal image to build the source from")
-        crop = self._random_crop(normal_image, rng)
-        return augment_source(self._augmentation, crop, int(rng.integers(2**31)))
+        else:
+            crop = self._random_crop(normal_image, rng)
+            source = augment_source(self._augmentation, crop, int(rng.integers(2**31)))
+        return source if self.augmentation is None else self.augmentation(source, rng)
 
     def _random_crop(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Square crop of 50-100 % of the shorter side at a random place, random quarter turn, resized."""

@@ -1,0 +1,79 @@
+"""TrainMixDataset's seen and extended samples: whole seen images stay registered, pasted defects move."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prn_lightning.data.datasets import SampleKind, TrainMixDataset
+from prn_lightning.data.sources.folder import read_folder_category
+from prn_lightning.data.sources.records import ANOMALOUS
+from prn_lightning.data.sources.synthetic import generate_synthetic
+from prn_lightning.errors import ConfigError
+from prn_lightning.imaging.tensors import load_image, load_mask
+from prn_lightning.synthesis.textures import TextureSource
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    """The synthetic object category at 64 px: 4 normals, 2 anomalies per defect type."""
+    root = tmp_path_factory.mktemp("tiny")
+    generate_synthetic(root, image_size=SIZE, num_train=4, num_test_good=1, num_per_defect=2, categories=("object",))
+    return read_folder_category(Path(root), "object")
+
+
+def mix(splits, kind: SampleKind, **augmentation) -> TrainMixDataset:
+    seen = [s for s in splits.test if s.label == ANOMALOUS]
+    return TrainMixDataset(splits.train, seen, image_size=SIZE, samples_per_epoch=16, anomaly_ratio=1.0,
+                           weights={kind: 1.0}, texture_source=TextureSource(None, SIZE), estimate_objects=True,
+                           seed=0, **augmentation)
+
+
+def seen_samples(dataset: TrainMixDataset, epochs: int = 2):
+    """(record, original image, original mask) of every seen sample of `epochs` epochs."""
+    for epoch in range(epochs):
+        plan = dataset.schedule(epoch)
+        for position in range(len(dataset)):
+            sample = dataset.seen[int(plan.primary[position])]
+            yield (dataset[epoch, position], load_image(sample.image_path, SIZE),
+                   load_mask(sample.mask_path, SIZE))
+
+
+def test_whole_seen_samples_stay_pixel_registered_by_default(splits):
+    """Default (photometric): the mask is exactly the original mask, and the image is the original up to colour."""
+    changed = 0
+    for record, image, mask in seen_samples(mix(splits, SampleKind.SEEN)):
+        assert record["kind"] == SampleKind.SEEN
+        assert np.array_equal(record["mask"][0].numpy(), mask)
+        gray = record["image"].mean(0).numpy().ravel()
+        assert np.corrcoef(gray, image.mean(2).ravel())[0, 1] > 0.9
+        changed += not np.allclose(record["image"].permute(1, 2, 0).numpy() * 255, image, atol=0.5)
+    assert changed > 0
+
+
+def test_seen_augmentation_none_and_geometric(splits):
+    for record, image, mask in seen_samples(mix(splits, SampleKind.SEEN, seen_augmentation="none"), epochs=1):
+        assert np.array_equal(record["mask"][0].numpy(), mask)
+        assert np.allclose(record["image"].permute(1, 2, 0).numpy() * 255, image, atol=1e-3)
+    moved = [not np.array_equal(record["mask"][0].numpy(), mask)
+             for record, _, mask in seen_samples(mix(splits, SampleKind.SEEN, seen_augmentation="geometric"))]
+    assert sum(moved) >= len(moved) // 2  # the old behaviour: flips, turns and affine moves of the whole image
+
+
+def test_extended_defects_keep_geometric_moves_by_default(splits):
+    """The pasted defect is turned/flipped/scaled: its shape differs from every seen mask's defect some of the time."""
+    dataset = mix(splits, SampleKind.EXTENDED)
+    seen_areas = {int(load_mask(s.mask_path, SIZE).sum()) for s in dataset.seen}
+    areas = [int(dataset[0, i]["mask"].sum()) for i in range(len(dataset))]
+    assert all(a > 0 for a in areas)
+    assert any(a not in seen_areas for a in areas)  # scaled by the affine move
+    fixed = mix(splits, SampleKind.EXTENDED, extended_augmentation="none")
+    assert all(int(fixed[0, i]["mask"].sum()) in seen_areas for i in range(len(fixed)))
+
+
+def test_unknown_augmentation_names_the_key(splits):
+    with pytest.raises(ConfigError, match="data.extended_defect_augmentation=rotate"):
+        mix(splits, SampleKind.EXTENDED, extended_augmentation="rotate")
