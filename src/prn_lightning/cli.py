@@ -1,4 +1,4 @@
-"""The `prn` command: train, test, predict, sweep, table, dashboard, download, generate-synthetic.
+"""The `prn` command: train, test, predict, export, sweep, table, dashboard, download, generate-synthetic.
 
 Config-driven commands take omegaconf dotlist overrides, e.g. `prn train data=mvtec data.category=carpet
 model.prototype_ratio=0.2`; group files are chosen with `data=NAME`, `model=NAME`, `trainer=NAME`, `logger=NAME`,
@@ -44,6 +44,19 @@ def _predict(args: argparse.Namespace) -> None:
     csv_path = run_predict(Path(cfg.ckpt), Path(cfg.predict.input), Path(cfg.predict.out),
                            batch_size=int(cfg.data.eval_batch_size))
     print(f"scores: {csv_path}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from prn_lightning.deploy.export import export_checkpoint
+    from prn_lightning.errors import ConfigError
+
+    values = dict(o.split("=", 1) for o in args.overrides if "=" in o)
+    unknown = sorted(set(values) - {"ckpt", "format", "out"}) + [o for o in args.overrides if "=" not in o]
+    if unknown or not all(values.get(key) for key in ("ckpt", "format", "out")):
+        hint = f" (not understood: {' '.join(unknown)})" if unknown else ""
+        raise ConfigError(f"prn export needs ckpt=PATH format=onnx|openvino|torchscript out=DIR{hint}")
+    path = export_checkpoint(Path(values["ckpt"]), values["format"], Path(values["out"]))
+    print(f"model: {path}  (with {path.parent / 'metadata.json'})")
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -95,6 +108,8 @@ def _make_train(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prn", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error, anywhere on the line (or PRN_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def config_command(name: str, handler, help_text: str) -> None:
@@ -105,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_command("train", _train, "train PRN, then test the validation-selected checkpoint")
     config_command("test", _test, "evaluate ckpt=PATH with the config it was trained with")
     config_command("predict", _predict, "anomaly maps and scores: ckpt=PATH input=IMAGE_OR_DIR out=DIR")
+    config_command("export", _export, "one model file for deployment: ckpt=PATH format=onnx|openvino|torchscript "
+                   "out=DIR")
 
     sweep = commands.add_parser("sweep", help="run a sweep grid locally (restartable)")
     sweep.add_argument("sweep_file", help="e.g. experiments/sweeps/prototype_ratio.yaml")
@@ -146,16 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a mistake the user can fix ends with its message (one line per problem) and exit code 2,
+    without a traceback unless --debug or PRN_DEBUG asks for it."""
     from prn_lightning.errors import PRNUserError
-    from prn_lightning.workflows.sweep import SweepFileError, SweepRunsFailed
+    from prn_lightning.workflows.sweep import SweepRunsFailed
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("PRN_DEBUG", "") not in ("", "0")
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])  # `prn train --debug ...` works too
     try:
         args.handler(args)
-    except (PRNUserError, FileNotFoundError, SweepFileError, SweepRunsFailed) as err:
-        if os.environ.get("PRN_DEBUG"):
+    except (PRNUserError, FileNotFoundError, SweepRunsFailed) as err:
+        if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print("\n".join(f"error: {line}" for line in str(err).splitlines() or [type(err).__name__]),
+              file=sys.stderr)
         return 2
     return 0
 

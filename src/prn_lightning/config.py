@@ -14,6 +14,7 @@ from typing import Iterable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from prn_lightning.config_checks import check_config
 from prn_lightning.errors import ConfigError
 
 GROUPS = ("data", "model", "trainer", "logger")
@@ -87,7 +88,8 @@ def _split_overrides(overrides: Iterable[str]) -> tuple[dict[str, str], list[str
 
 
 def load_config(overrides: Iterable[str] = (), root: Path | None = None) -> DictConfig:
-    """Compose the run config from `experiments/` and dotlist overrides; returns a struct-mode DictConfig."""
+    """Compose the run config from `experiments/` and dotlist overrides; returns a struct-mode DictConfig whose
+    values passed `check_config` (types and ranges)."""
     root = Path(root) if root else experiments_dir()
     choices, values = _split_overrides(list(overrides))
     default = _load_yaml(root / "default.yaml")
@@ -119,7 +121,7 @@ def _group_config(root: Path, group: str, name: str) -> DictConfig:
 
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str], root: Path | None = None) -> DictConfig:
     """Overrides onto a composed `cfg`: group choices (`logger=none`) replace that group with its file, dotlist
-    values (`model.prototype_ratio=0.2`) set keys; unknown keys fail with the closest valid ones."""
+    values (`model.prototype_ratio=0.2`) set keys; unknown keys and unusable values fail naming the key."""
     root = Path(root) if root else experiments_dir()
     choices, values = _split_overrides(list(overrides))
     if "experiment" in choices:
@@ -136,4 +138,5 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str], root: Path | None
             raise ConfigError(f"cannot parse overrides {values}: {err}") from err
         cfg = _merge_checked(cfg, dotlist, "the command line")
     OmegaConf.set_struct(cfg, True)
+    check_config(cfg)
     return cfg

@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from prn_lightning.config_checks import check_perlin
+
 MAX_REDRAWS = 100
 CPU_CHUNK_PIXELS = 2**18  # on CPU, evaluate ~4 images of 256x256 at a time: the temporaries then stay in cache
 
@@ -29,9 +31,7 @@ def perlin_noise(batch: int, height: int, width: int, *, min_scale: int, max_sca
     All random numbers are drawn for the whole batch first, so the result does not depend on how the evaluation
     is chunked (whole batch on GPU, a few images at a time on CPU).
     """
-    if not 0 <= min_scale < max_scale:
-        raise ValueError(f"Perlin scales need 0 <= min_scale < max_scale (data.perlin.min_scale/max_scale), "
-                         f"got min_scale={min_scale}, max_scale={max_scale}")
+    check_perlin(min_scale, max_scale, threshold=0.0, rotation=rotation_deg)
     device = torch.device(device)
     scales = torch.randint(min_scale, max_scale, (batch, 2), generator=generator, device=device)
     cells = (2 ** scales).to(torch.float32)  # (B, 2): lattice cells along y and x
@@ -84,9 +84,7 @@ def perlin_masks(batch: int, height: int, width: int, *, min_scale: int, max_sca
 
     Empty masks (likely at coarse resolutions) are re-drawn, only the empty ones, with fresh scales and angles.
     """
-    if not -1.0 < threshold < 1.0:
-        raise ValueError(f"Perlin threshold must lie in (-1, 1) (data.perlin.threshold), got {threshold}: "
-                         "the noise never exceeds 1, so every mask would be empty")
+    check_perlin(min_scale, max_scale, threshold, rotation_deg)
     kwargs = dict(min_scale=min_scale, max_scale=max_scale, rotation_deg=rotation_deg, generator=generator,
                   device=device)
     masks = (perlin_noise(batch, height, width, **kwargs) > threshold).to(torch.float32)

