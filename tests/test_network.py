@@ -49,7 +49,7 @@ def test_prototype_features_per_stage():
     features = network.extract_prototype_features([images[:3], {"image": images[3:], "label": torch.zeros(2)}])
     assert [tuple(f.shape) for f in features] == [(5, 24, 16, 16), (5, 40, 8, 8), (5, 112, 4, 4)]
     assert all(f.dtype == torch.float32 and f.device.type == "cpu" for f in features)
-    torch.testing.assert_close(features[0][3:], network.backbone(images[3:])[0])
+    torch.testing.assert_close(features[0][3:], network.backbone((images[3:] - 0.5) / 0.5)[0])  # timm: lite0 mean/std
 
 
 @pytest.mark.parametrize("use_prototypes,use_fusion,use_msa", list(itertools.product([True, False], repeat=3)))
@@ -176,3 +176,39 @@ def test_msa_handles_small_and_indivisible_maps():
     for size in (4, 28):  # 28 // 8 = 3 does not divide 28: padded, then cropped back
         out = block(torch.randn(2, 6, size, size))
         assert out.shape == (2, 6, size, size) and torch.isfinite(out).all()
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "network_before_normalisation.pt"
+
+
+def test_network_normalises_its_input_and_gives_the_maps_from_before():
+    """The fixture holds a tiny network's weights (all but the seeded random backbone), prototypes, [0, 1] images and
+    the logits the network gave before it normalised its own input (then the caller applied ImageNet statistics).
+    Fed the raw [0, 1] images now, it must give the same logits."""
+    saved = torch.load(FIXTURE, weights_only=True)
+    torch.manual_seed(0)  # the backbone (random init) is rebuilt exactly as it was when the fixture was made
+    network = PRNNetwork.from_config(OmegaConf.create(saved["model_cfg"]), saved["image_size"]).eval()
+    # this backbone's timm config holds the ImageNet statistics the fixture was normalised with
+    torch.testing.assert_close(network.input_mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    torch.testing.assert_close(network.input_std.flatten(), torch.tensor([0.229, 0.224, 0.225]))
+    assert {"input_mean", "input_std"} <= set(network.state_dict())
+    with pytest.warns(UserWarning, match="predates"):  # the saved state dict has no input_mean/input_std
+        missing, unexpected = network.load_state_dict(saved["state_dict"], strict=False)
+    assert not unexpected and missing and all(key.startswith("backbone.") for key in missing)
+    with torch.no_grad():
+        logits = network(saved["images"])
+    assert saved["images"].min() >= 0 and saved["images"].max() <= 1
+    torch.testing.assert_close(logits, saved["logits"], rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # and the input really is normalised inside: shifting it changes the maps
+        assert not torch.allclose(network(saved["images"] * 0.5), logits, atol=1e-3)
+
+
+def test_input_statistics_come_from_the_backbone_config_and_travel_in_the_state_dict():
+    lite0 = PRNNetwork.from_config(_config(msa_blocks=1), 64)
+    torch.testing.assert_close(lite0.input_mean.flatten(), torch.full((3,), 0.5))  # timm's tf_efficientnet_lite0
+    torch.testing.assert_close(lite0.input_std.flatten(), torch.full((3,), 0.5))
+    state = lite0.state_dict()
+    state["input_mean"] = torch.full((1, 3, 1, 1), 0.25)
+    copy = PRNNetwork.from_config(_config(msa_blocks=1), 64)
+    copy.load_state_dict(state)  # a current checkpoint's own statistics win over the backbone's config
+    assert torch.equal(copy.input_mean, state["input_mean"])

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from prn_lightning.config import load_config
-from prn_lightning.errors import DatasetError
 from prn_lightning.data.sources.synthetic import generate_synthetic
+from prn_lightning.errors import DatasetError
+from prn_lightning.imaging.tensors import image_to_tensor, resize_image
 from prn_lightning.models.prn.lightning_module import PRNModule
-from prn_lightning.imaging.tensors import image_to_tensor, normalise, resize_image
 from prn_lightning.workflows.predict import NoImagesError, run_predict
 from prn_lightning.workflows.train import run_train
 
@@ -72,7 +72,7 @@ def test_scores_and_overlays_at_each_original_size(checkpoint: Path, mixed_folde
     # the score is the model's score of the image prepared as evaluation prepares it (batching changes nothing)
     gray = cv2.imread(str(mixed_folder / "gray.png"), cv2.IMREAD_COLOR)[..., ::-1]
     with torch.no_grad():
-        _, score = module.predict_images(normalise(image_to_tensor(resize_image(gray, 64))[None]))
+        _, score = module.predict_images(image_to_tensor(resize_image(gray, 64))[None])
     assert float(rows[2]["score"]) == pytest.approx(float(score[0]), abs=1e-5)
     # the left panel is the untouched input
     with Image.open(rows[1]["overlay"]) as overlay, Image.open(mixed_folder / "a.png") as original:

@@ -113,11 +113,10 @@ def _real_images(root, names: list[str], size: int) -> torch.Tensor:
 def test_torch_lookup_picks_the_same_prototypes_as_faiss_on_real_features(tmp_path):
     """The default tensor-op lookup (what an exported graph runs) and FAISS' IndexFlatL2 agree on real features."""
     from conftest import shared_data_root
-
     from prn_lightning.data.sources.synthetic import ensure_synthetic
     from prn_lightning.imaging.io import list_images
-    from prn_lightning.imaging.tensors import normalise
     from prn_lightning.models.prn.backbone import FrozenBackbone
+    from prn_lightning.models.prn.network import PRNNetwork
 
     root = shared_data_root() / "kolektor"
     if not root.is_dir():
@@ -126,10 +125,10 @@ def test_torch_lookup_picks_the_same_prototypes_as_faiss_on_real_features(tmp_pa
     normals = list_images(root / "train" / "good")
     train = normals[:30]
     queries = normals[30:45] + sorted(p for d in (root / "test").iterdir() for p in list_images(d))[::9][:15]
-    backbone = FrozenBackbone("tf_efficientnet_lite0", "bundled", (1, 2, 3, 4))
-    with torch.no_grad():
-        fit_features = backbone(normalise(_real_images(root, train, 128)))[:3]
-        query_features = backbone(normalise(_real_images(root, queries, 128)))[:3]
+    network = PRNNetwork(FrozenBackbone("tf_efficientnet_lite0", "bundled", (1, 2, 3, 4)), 128, msa_blocks=1)
+    with torch.no_grad():  # the network's own input normalisation, then the backbone
+        fit_features = network.features(_real_images(root, train, 128))[:3]
+        query_features = network.features(_real_images(root, queries, 128))[:3]
     by_torch, by_faiss = PrototypeBank(3, "torch"), PrototypeBank(3, "faiss")
     by_torch.fit(list(fit_features), ratio=0.2, iterations=10, seed=0)
     by_faiss.load_state_dict(by_torch.state_dict())

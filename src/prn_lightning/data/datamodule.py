@@ -3,7 +3,7 @@
 setup() loads the category, moves the seen anomalies from test to train (writing their list into the run
 directory), holds out `val_fraction` of train/good for validation, and builds the datasets. Workers prepare images
 on CPU; `on_after_batch_transfer` completes training batches on their device (Perlin masks, opacities, the
-extended/simulated formulas, normalisation, labels) and normalises evaluation batches.
+extended/simulated formulas, labels). Images stay in [0, 1]: the network normalises its own input.
 
 Reproducibility: every training sample is a function of (seed, epoch, position), every validation anomaly of
 (seed, index), and each device-side batch draw of (seed, epoch, batch number, rank); results do not depend on the
@@ -13,7 +13,7 @@ number of workers. The Trainer must run with `use_distributed_sampler=False`: th
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from prn_lightning.errors import ConfigError
 from prn_lightning.data import seed_streams
 from prn_lightning.data.datasets import EvalDataset, SampleKind, TrainMixDataset
-from prn_lightning.data.sources.records import Sample
-from prn_lightning.data.sources.registry import load_category
 from prn_lightning.data.samplers import EpochScheduleSampler, UnrepeatedDistributedSampler, world_size_and_rank
 from prn_lightning.data.seen import split_seen, write_seen_list
-from prn_lightning.imaging.tensors import normalise
+from prn_lightning.data.sources.records import Sample
+from prn_lightning.data.sources.registry import load_category
+from prn_lightning.errors import ConfigError
 from prn_lightning.synthesis.extended import extend_anomalies
 from prn_lightning.synthesis.perlin import perlin_masks
 from prn_lightning.synthesis.simulated import sample_beta, simulate_anomalies
@@ -189,26 +188,18 @@ class PRNDataModule(pl.LightningDataModule):
         return self._eval_loader(self.test_dataset)
 
     def prototype_dataloader(self) -> DataLoader:
-        """Training normals, unaugmented, each once, in a fixed order; on every rank (all ranks build the same
-        prototypes). Batches are NOT normalised unless they pass through a Trainer: see `prototype_images`."""
+        """Training normals, unaugmented, each once, in a fixed order, on every rank: what the workflow hands to
+        `PRNModule.set_prototype_images` (rank 0 clusters them, the others receive the result)."""
         return self._loader(self.prototype_dataset, int(self.cfg.eval_batch_size), None, 0)
-
-    def prototype_images(self, device: torch.device | str) -> Iterator[torch.Tensor]:
-        """Normalised training-normal image batches on `device`, for prototype clustering outside a Trainer."""
-        for batch in self.prototype_dataloader():
-            yield normalise(batch["image"].to(device, non_blocking=True))
 
     # ------------------------------------------------------------------------------------------------ device side
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         training = self.trainer.training if self.trainer is not None else "kind" in batch
-        if training:
-            return self.complete_training_batch(batch)
-        batch["image"] = normalise(batch["image"])
-        return batch
+        return self.complete_training_batch(batch) if training else batch
 
     def complete_training_batch(self, batch: dict) -> dict:
         """Finish a collated training batch on its device: Perlin masks for simulated rows, the extended and
-        simulated formulas with opacities from data.beta, ImageNet normalisation, label = mask non-empty."""
+        simulated formulas with opacities from data.beta, label = mask non-empty; images stay in [0, 1]."""
         image, mask, kind, source = batch["image"], batch["mask"].clone(), batch["kind"], batch["source"]
         device = image.device
         generator = torch.Generator(device=device)
@@ -226,7 +217,7 @@ class PRNDataModule(pl.LightningDataModule):
             image[simulated] = simulate_anomalies(image[simulated], source[simulated], mask[simulated],
                                                   beta[simulated])
         label = (mask.flatten(1).amax(dim=1) > 0).to(torch.int64)
-        return {"image": normalise(image), "mask": mask, "label": label, "kind": kind}
+        return {"image": image, "mask": mask, "label": label, "kind": kind}
 
     def _next_batch_seed(self) -> int:
         """Seed of the next training batch's device draws: (seed, epoch, batch number in the epoch, rank).

@@ -1,8 +1,7 @@
-"""Image tensors the same way everywhere: resize, [0, 1] float tensors, ImageNet (de)normalisation.
+"""Image tensors the same way everywhere: resize, [0, 1] float tensors (the network normalises them itself).
 
 Images are resized with INTER_AREA when shrinking (no aliasing) and INTER_LINEAR when enlarging; masks with
-nearest-neighbour so they stay binary. Normalisation runs on the batch's device after transfer, so the synthesis
-formulas can work in [0, 1] image space first.
+nearest-neighbour so they stay binary.
 """
 from __future__ import annotations
 
@@ -13,9 +12,6 @@ import numpy as np
 import torch
 
 from prn_lightning.imaging.io import read_image, read_mask
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -47,21 +43,3 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
     """{0, 1} (H, W) -> float32 (1, H, W)."""
     return torch.from_numpy(np.ascontiguousarray(mask)).to(torch.float32).unsqueeze(0)
-
-
-def _stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return mean, std
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of (B, 3, H, W) images in [0, 1], on their own device."""
-    mean, std = _stats(images)
-    return (images - mean) / std
-
-
-def denormalise(images: torch.Tensor) -> torch.Tensor:
-    """Inverse of `normalise`: back to [0, 1] image space (for visualisation)."""
-    mean, std = _stats(images)
-    return images * std + mean

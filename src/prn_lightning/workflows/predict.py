@@ -1,8 +1,9 @@
 """`prn predict`: anomaly maps, image scores and verdicts for new images with a trained checkpoint.
 
-Images of any size are resized to the model's input size exactly as evaluation images are (data.transforms),
-scored, and their maps resized back (bilinear) to each image's own size, so overlays line up with the original pixels. The verdict uses the threshold stored in the checkpoint, which
-was chosen on the validation split (never on test images).
+Images of any size are resized to the model's input size exactly as evaluation images are (imaging.tensors), scored
+in [0, 1] (the network normalises its own input), and their maps resized back (bilinear) to each image's own size,
+so overlays line up with the original pixels. The verdict uses the threshold stored in the checkpoint, which was
+chosen on the validation split (never on test images).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 
 from prn_lightning.imaging.io import IMAGE_EXTENSIONS, is_image_file, read_image
-from prn_lightning.imaging.tensors import image_to_tensor, normalise, resize_image
+from prn_lightning.imaging.tensors import image_to_tensor, resize_image
 
 OVERLAY_ALPHA = 0.5
 CONTOUR_COLOUR = (255, 0, 0)  # RGB
@@ -100,7 +101,7 @@ def run_predict(
         paths = images[start:start + batch_size]
         pictures = [read_image(path) for path in paths]  # names the file when it cannot be decoded
         batch = torch.stack([image_to_tensor(resize_image(p, size)) for p in pictures]).to(module.device)
-        maps, scores = module.predict_images(normalise(batch))
+        maps, scores = module.predict_images(batch)
         for path, picture, amap, score, overlay_path in zip(
             paths, pictures, maps.float().cpu().numpy(), scores.float().cpu().tolist(), overlay_paths[start:]
         ):

@@ -22,7 +22,6 @@ from PIL import Image
 
 from prn_lightning.data.datamodule import PRNDataModule
 from prn_lightning.config import apply_overrides
-from prn_lightning.imaging.tensors import normalise
 from prn_lightning.loggers.console import print_summary
 from prn_lightning.loggers.run_artifacts import (
     HistoryWriter,
@@ -106,6 +105,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     datamodule = PRNDataModule(cfg.data, seed=cfg.seed, run_dir=run_dir)
     datamodule.setup("fit")  # the module's test metrics need the defect types; setup is idempotent
     module = PRNModule(cfg, defect_types=datamodule.defect_types)
+    module.set_prototype_images(datamodule.prototype_dataloader())
     logger = make_wandb_logger(cfg, run_dir, job_type="train")
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best", monitor=cfg.model.monitor, mode="max", save_last=True, save_top_k=1
@@ -215,7 +215,7 @@ def _render_panels(
     for position, kind in select_panel_indices(score, label, int(cfg.logger.num_map_panels)):
         sample = dataset[int(index[position])]
         image = sample["image"].unsqueeze(0).to(module.device)
-        amap, img_score = module.predict_images(normalise(image))
+        amap, img_score = module.predict_images(image)
         picture = sample["image"].permute(1, 2, 0).clamp(0, 1).numpy()
         name = Path(sample["image_path"]).stem
         title = f"{kind}: {Path(sample['image_path']).parent.name}/{name}"

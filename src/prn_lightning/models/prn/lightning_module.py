@@ -80,15 +80,25 @@ class PRNModule(pl.LightningModule):
         self._val_scores: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
         self._test_records: list[dict[str, torch.Tensor]] = []
+        self._prototype_images: Iterable[torch.Tensor | dict] | None = None
 
     # ----------------------------------------------------------------- prototypes
+    def set_prototype_images(self, images: Iterable[torch.Tensor | dict]) -> None:
+        """The normal training images (batches in [0, 1], or dicts with an "image" entry, e.g. the datamodule's
+        prototype loader) that `fit` clusters into prototypes before the first step, unless they are fitted already."""
+        self._prototype_images = images
+
     def on_fit_start(self) -> None:
         """Cluster the prototypes once; a resumed run already has them from its checkpoint."""
-        if self.cfg.model.use_prototypes and not self.network.prototypes.fitted:
-            self.fit_prototypes(self.trainer.datamodule.prototype_images(self.device))
+        if self.network.prototypes is None or self.network.prototypes.fitted:
+            return
+        if self._prototype_images is None:
+            raise RuntimeError("PRNModule has no prototypes and no images to fit them from: call "
+                               "module.set_prototype_images(datamodule.prototype_dataloader()) before trainer.fit")
+        self.fit_prototypes(self._prototype_images)
 
-    def fit_prototypes(self, images: Iterable[torch.Tensor]) -> None:
-        """Rank 0 extracts features of every normal training image (normalised batches) and runs FAISS k-means;
+    def fit_prototypes(self, images: Iterable[torch.Tensor | dict]) -> None:
+        """Rank 0 extracts features of every normal training image ([0, 1] batches) and runs FAISS k-means;
         every rank ends with the same prototypes (broadcast from rank 0)."""
         state = None
         if self.trainer is None or self.trainer.is_global_zero:
@@ -118,7 +128,7 @@ class PRNModule(pl.LightningModule):
         return self.network(images)
 
     def predict_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps (B,S,S) in [0,1] and image scores (B,) for ImageNet-normalised images."""
+        """Anomaly maps (B,S,S) in [0,1] and image scores (B,) for images (B,3,S,S) in [0, 1]."""
         maps = anomaly_map(self.network(images), self.cfg.model.map_smoothing_sigma)
         return maps, image_score(maps, self.cfg.model.topk)
 

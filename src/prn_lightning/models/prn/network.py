@@ -6,11 +6,16 @@ that still holds weights:
 - use_prototypes=false: no prototype bank and no residual branch; the stages carry features only.
 - use_fusion=false: no fusion blocks; every stage keeps its own map.
 - use_msa=false: no attention blocks (and no second fusion block, which follows MSA).
+
+The network takes images in [0, 1] and normalises them itself with the mean/std its backbone's weights expect (timm's
+pretrained config), held as buffers: prototypes, training, evaluation, prediction and any export go through one path,
+and a caller cannot feed it wrongly normalised images.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,10 +28,18 @@ from prn_lightning.models.prn.prototypes import PrototypeBank
 from prn_lightning.models.prn.residual import MultiScaleFusion, prototype_residual
 
 NUM_PROTOTYPE_STAGES = 3
+# Every checkpoint written before the network normalised its own input was trained on images normalised with these
+# ImageNet statistics, whatever its backbone: they fill in the mean/std such a checkpoint lacks.
+LEGACY_INPUT_MEAN = (0.485, 0.456, 0.406)
+LEGACY_INPUT_STD = (0.229, 0.224, 0.225)
+
+
+def _channel_stats(values: Sequence[float]) -> Tensor:
+    return torch.tensor([float(v) for v in values], dtype=torch.float32).view(1, 3, 1, 1)
 
 
 class PRNNetwork(nn.Module):
-    """`logits (B, 1, H, W) = PRNNetwork(...)(images (B, 3, H, W))`, images ImageNet-normalised."""
+    """`logits (B, 1, H, W) = PRNNetwork(...)(images (B, 3, H, W))`, images RGB in [0, 1] (normalised inside)."""
 
     def __init__(
         self,
@@ -50,6 +63,9 @@ class PRNNetwork(nn.Module):
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         self._check_size(self.image_size, strides[-1], backbone.name)
         self.backbone = backbone
+        config = backbone.model.pretrained_cfg
+        self.register_buffer("input_mean", _channel_stats(config["mean"]))
+        self.register_buffer("input_std", _channel_stats(config["std"]))
         stage_channels, stage_strides = channels[:NUM_PROTOTYPE_STAGES], strides[:NUM_PROTOTYPE_STAGES]
         self.prototypes = PrototypeBank(NUM_PROTOTYPE_STAGES, prototype_lookup) if use_prototypes else None
         self.feature_fusion = MultiScaleFusion(stage_channels, stage_strides) if use_fusion else None
@@ -62,7 +78,7 @@ class PRNNetwork(nn.Module):
 
     @classmethod
     def from_config(cls, model_cfg: Any, image_size: int | Sequence[int],
-                    pretrained_backbone: bool = True) -> "PRNNetwork":
+                    pretrained_backbone: bool = True) -> PRNNetwork:
         """From the `model` config section and `data.image_size`.
 
         `pretrained_backbone=False` builds the backbone with random weights: for loading a checkpoint, which holds
@@ -94,11 +110,26 @@ class PRNNetwork(nn.Module):
                 f"model.backbone.name={name}; e.g. 256"
             )
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """A checkpoint from before the network normalised its input lacks the buffers: give it the ImageNet
+        statistics it was trained with, so it keeps producing the same maps."""
+        missing = [name for name in ("input_mean", "input_std") if prefix + name not in state_dict]
+        if missing and any(key.startswith(prefix + "decoder.") for key in state_dict):
+            warnings.warn("checkpoint predates the network's own input normalisation: using the ImageNet mean/std "
+                          "it was trained with", stacklevel=2)
+            state_dict.setdefault(prefix + "input_mean", _channel_stats(LEGACY_INPUT_MEAN))
+            state_dict.setdefault(prefix + "input_std", _channel_stats(LEGACY_INPUT_STD))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """Backbone features of [0, 1] images (normalised here), every stage."""
+        return self.backbone((images - self.input_mean) / self.input_std)
+
     @torch.no_grad()
     def extract_prototype_features(self, batches: Iterable[Tensor | Mapping[str, Tensor]]) -> list[Tensor]:
         """Backbone features of the prototype stages for every image, as CPU float32 (N, c_j, h_j, w_j) per stage.
 
-        `batches` yields image batches (B, 3, H, W) or dicts with an "image" entry (e.g. a prototype dataloader);
+        `batches` yields [0, 1] image batches (B, 3, H, W) or dicts with an "image" entry (a prototype dataloader);
         they are moved to the network's device, and the features back to the CPU to bound accelerator memory.
         """
         device = next(self.backbone.parameters()).device
@@ -108,7 +139,7 @@ class PRNNetwork(nn.Module):
             if not isinstance(images, Tensor) or images.dim() != 4:
                 raise ValueError("extract_prototype_features expects batches of images (B, 3, H, W) or dicts with "
                                  "an 'image' entry of that shape")
-            features = self.backbone(images.to(device))
+            features = self.features(images.to(device))
             for stage in range(NUM_PROTOTYPE_STAGES):
                 collected[stage].append(features[stage].float().cpu())
         if not collected[0]:
@@ -116,7 +147,7 @@ class PRNNetwork(nn.Module):
         return [torch.cat(stage) for stage in collected]
 
     def forward(self, images: Tensor) -> Tensor:
-        features = self.backbone(images)
+        features = self.features(images)
         stages, deep = features[:NUM_PROTOTYPE_STAGES], features[NUM_PROTOTYPE_STAGES]
         maps = self.feature_fusion(stages) if self.feature_fusion is not None else stages
         if self.prototypes is not None:
