@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from prn_lightning.metrics.inputs import MetricInputError, check_binary, check_scores, check_vector
-from prn_lightning.metrics.pro import aupro, check_fpr_limit, cut_curve, pro_curve
+from prn_lightning.metrics.pro import area_counts, aupro, check_fpr_limit, cut_curve, pro_curve
 from prn_lightning.metrics.ranking import (
     RankingCurve,
     auroc,
@@ -41,15 +41,24 @@ class _Evaluation:
     curves: dict[str, dict[str, np.ndarray]]
 
 
-def plot_steps(curve: RankingCurve, last: int, max_points: int = MAX_CURVE_POINTS) -> Tensor:
-    """Ascending indices of at most ~max_points steps in [0, last], spread evenly along both axes (negatives and
-    positives passed), the two last steps included: enough to draw any of the curves without all D steps."""
-    def crossings(counts: Tensor) -> Tensor:
-        grid = torch.linspace(0, float(counts[last]), max_points // 2, dtype=torch.float64, device=counts.device)
-        return torch.searchsorted(counts, grid.ceil().to(counts.dtype))
+def plot_thresholds(curve: RankingCurve, last: Tensor, max_points: int = MAX_CURVE_POINTS) -> Tensor:
+    """Descending thresholds of at most ~max_points steps from the first down to the step of threshold `last`, spread
+    evenly along both axes (negatives and positives passed), the two last steps included: enough to draw any of the
+    curves without all the distinct scores. The first step where a count reaches c is that of the c-th highest
+    score of its class (the first step for c = 0)."""
+    last_tps, last_fps = curve.counts(last)
 
-    ends = torch.tensor([max(last - 1, 0), last], device=curve.tps.device)
-    return torch.unique(torch.cat([crossings(curve.fps), crossings(curve.tps), ends]).clamp_(max=last))
+    def crossings(ascending: Tensor, count: Tensor) -> Tensor:
+        grid = torch.linspace(0, float(count), max_points // 2, dtype=torch.float64, device=ascending.device)
+        ranks = grid.ceil().long()
+        if ascending.numel() == 0:
+            return curve.highest().expand(ranks.numel())
+        kth_highest = ascending[(ascending.numel() - ranks).clamp_(max=ascending.numel() - 1)]
+        return torch.where(ranks > 0, kth_highest, curve.highest())
+
+    ends = torch.cat([curve.next_higher(last), last])
+    points = torch.cat([crossings(curve.negatives, last_fps), crossings(curve.positives, last_tps), ends])
+    return torch.unique(points.clamp_(min=last[0])).flip(0)
 
 
 def _numpy(*tensors: Tensor) -> tuple[np.ndarray, ...]:
@@ -150,11 +159,12 @@ class AnomalyMetrics(PixelMetric):
         image_curve = ranking_curve(scores, labels)
         num_regions = int(region_counts.sum())
 
+        pro_counts = area_counts(pixel_curve, self.fpr_limit) if pixel_curve.num_negatives else None
         summary = {
             "image_auroc": auroc(image_curve).item(),
             "pixel_auroc": auroc(pixel_curve).item(),
             "pixel_ap": average_precision(pixel_curve).item(),
-            "pro": aupro(pixel_curve, inverse_sizes, num_regions, self.fpr_limit).item(),
+            "pro": aupro(pixel_curve, inverse_sizes, num_regions, self.fpr_limit, pro_counts).item(),
         }
         per_defect = []
         for defect_id, defect_type in enumerate(self.defect_types):
@@ -165,7 +175,7 @@ class AnomalyMetrics(PixelMetric):
                 versus_normal = of_type | ~labels
                 image_auroc = binary_auroc(scores[versus_normal], labels[versus_normal]).item()
                 type_sizes = torch.where(pixel_defect_ids == defect_id, inverse_sizes, 0.0)
-                pro = aupro(pixel_curve, type_sizes, type_regions, self.fpr_limit).item()
+                pro = aupro(pixel_curve, type_sizes, type_regions, self.fpr_limit, pro_counts).item()
             per_defect.append(
                 {
                     "defect_type": defect_type,
@@ -181,14 +191,14 @@ class AnomalyMetrics(PixelMetric):
     def _curves(self, curve: RankingCurve, inverse_sizes: Tensor, num_regions: int) -> dict[str, dict]:
         empty = np.empty(0)
         fpr = tpr = precision = recall = pro_fpr = pro = empty
-        if curve.tps.numel():
-            steps = plot_steps(curve, curve.tps.numel() - 1)
-            fpr, tpr = _numpy(*roc(curve, steps))
-            precision, recall = _numpy(*precision_recall(curve, steps))
+        if curve.num_positives + curve.num_negatives:
+            thresholds = plot_thresholds(curve, curve.lowest())
+            fpr, tpr = _numpy(*roc(curve, thresholds))
+            precision, recall = _numpy(*precision_recall(curve, thresholds))
         if num_regions and curve.num_negatives:
             # The PRO plot stops at the limit, interpolated between the same two steps as the exact area.
-            steps = plot_steps(curve, curve.step_after(self.fpr_limit))
-            pro_fpr, pro = _numpy(*cut_curve(*pro_curve(curve, inverse_sizes, num_regions, steps), self.fpr_limit))
+            tps, fps = curve.counts(plot_thresholds(curve, curve.threshold_after(self.fpr_limit)))
+            pro_fpr, pro = _numpy(*cut_curve(*pro_curve(curve, inverse_sizes, num_regions, tps, fps), self.fpr_limit))
         return {
             "roc": {"fpr": fpr, "tpr": tpr},
             "pr": {"precision": precision, "recall": recall},

@@ -32,21 +32,21 @@ def check_fpr_limit(fpr_limit: float) -> float:
 
 
 def pro_curve(
-    curve: RankingCurve, inverse_region_sizes: Tensor, num_regions: int, steps: Tensor | slice = slice(None)
+    curve: RankingCurve, inverse_region_sizes: Tensor, num_regions: int, tps: Tensor, fps: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """(fpr, pro) at the given threshold steps (default all) between (0, 0) and (1, 1), float64.
+    """(fpr, pro) at the threshold steps with the given counts, between (0, 0) and (1, 1), float64.
 
     Args:
         curve: the pixel ranking curve (positives = mask pixels).
         inverse_region_sizes: (P,) for each mask pixel, in the order of `scores[labels]`, 1 / size of its region;
             0 for pixels whose region is not counted (per-defect PRO).
         num_regions: number of regions counted.
-        steps: ascending step indices or a slice.
+        tps, fps: int64 counts of mask and normal pixels at or above each step's threshold, ascending.
     """
     # overlap[k]: summed 1 / region size of the k highest-scoring mask pixels; at a step, k = its true positives.
     overlap = torch.nn.functional.pad(inverse_region_sizes.double()[curve.positive_order].cumsum(0), (1, 0))
-    pro = overlap[curve.tps[steps].long()] / num_regions
-    fpr = curve.fps[steps].double() / curve.num_negatives
+    pro = overlap[tps] / num_regions
+    fpr = fps.double() / curve.num_negatives
     zero, one = fpr.new_zeros(1), fpr.new_ones(1)
     # Accumulated rounding must not push the curve past 1 (as in MVTec's script).
     return torch.cat([zero, fpr, one]).clamp_(max=1.0), torch.cat([zero, pro, one]).clamp_(max=1.0)
@@ -73,29 +73,51 @@ def normalised_area(fpr: Tensor, pro: Tensor, fpr_limit: float) -> Tensor:
     return torch.trapezoid(y, x) / fpr_limit
 
 
-def aupro(curve: RankingCurve, inverse_region_sizes: Tensor, num_regions: int, fpr_limit: float) -> Tensor:
-    """Normalised AUPRO; nan with a warning when there is no region or no normal pixel (PRO is undefined)."""
+def aupro(
+    curve: RankingCurve,
+    inverse_region_sizes: Tensor,
+    num_regions: int,
+    fpr_limit: float,
+    counts: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Normalised AUPRO; nan with a warning when there is no region or no normal pixel (PRO is undefined).
+
+    counts: `area_counts(curve, fpr_limit)` when already at hand (they depend on the curve only, not the regions).
+    """
     if num_regions == 0 or curve.num_negatives == 0:
         rank_zero_warn(
             f"PRO is undefined with {num_regions} ground-truth regions and {curve.num_negatives} normal pixels; "
             "returning nan."
         )
-        return torch.tensor(float("nan"), dtype=torch.float64, device=curve.tps.device)
-    steps = area_steps(curve, fpr_limit)
-    return normalised_area(*pro_curve(curve, inverse_region_sizes, num_regions, steps), fpr_limit)
+        return torch.tensor(float("nan"), dtype=torch.float64, device=curve.values.device)
+    tps, fps = area_counts(curve, fpr_limit) if counts is None else counts
+    return normalised_area(*pro_curve(curve, inverse_region_sizes, num_regions, tps, fps), fpr_limit)
 
 
-def area_steps(curve: RankingCurve, fpr_limit: float) -> Tensor:
-    """Ascending steps that shape the PRO curve up to `fpr_limit`: every step holding mask pixels, the step before
-    each, and the two steps around the limit. In between, PRO is constant while the FPR grows (horizontal segments),
-    so the trapezoid area equals the one over all steps, at a cost in mask-pixel scores instead of distinct scores.
-    Repeated steps only add zero-width trapezoids."""
-    after = curve.step_after(fpr_limit)
-    holding = curve.positive_steps[curve.positive_steps <= after]
-    steps = torch.stack([holding - 1, holding], dim=1).flatten()
-    if holding.numel() == 0 or int(holding[-1]) < after:
-        steps = torch.cat([steps, holding.new_tensor([after - 1, after])])
-    return steps.clamp_(min=0)
+def area_counts(curve: RankingCurve, fpr_limit: float) -> tuple[Tensor, Tensor]:
+    """(tps, fps) of the steps that shape the PRO curve up to `fpr_limit`, in curve order: every step holding mask
+    pixels, the step before each, and the two steps around the limit. In between, PRO is constant while the FPR grows
+    (horizontal segments), so the trapezoid area equals the one over all steps, at a cost in mask-pixel scores
+    instead of distinct scores. Repeated steps only add zero-width trapezoids."""
+    after = curve.threshold_after(fpr_limit)
+    holding = int((curve.values >= after).sum())  # values descend: the positive steps down to the limit's
+    at_tps, at_fps = curve.tps[:holding], curve.fps[:holding]
+    before_tps, before_fps = _step_before(curve.tps_above[:holding], curve.fps_above[:holding], at_tps, at_fps)
+    tps = torch.stack([before_tps, at_tps], dim=1).flatten()
+    fps = torch.stack([before_fps, at_fps], dim=1).flatten()
+    if holding == 0 or bool(curve.values[holding - 1] > after[0]):
+        after_tps, after_fps = curve.counts(after)
+        before_tps, before_fps = _step_before(*curve.counts(after, strictly_above=True), after_tps, after_fps)
+        tps = torch.cat([tps, before_tps, after_tps])
+        fps = torch.cat([fps, before_fps, after_fps])
+    return tps, fps
+
+
+def _step_before(above_tps: Tensor, above_fps: Tensor, tps: Tensor, fps: Tensor) -> tuple[Tensor, Tensor]:
+    """Counts at the step before a step: those scoring strictly above it, except at the first step, which has no
+    step before it and keeps its own counts."""
+    first = (above_tps == 0) & (above_fps == 0)
+    return torch.where(first, tps, above_tps), torch.where(first, fps, above_fps)
 
 
 class AUPRO(PixelMetric):

@@ -1,11 +1,11 @@
-"""Exact, unbinned ranking metrics (AUROC, average precision) from one sort, with sklearn's tie semantics.
+"""Exact, unbinned ranking metrics (AUROC, average precision) with sklearn's tie semantics, from one sort.
 
-Every distinct score is a threshold and tied scores are one threshold step (sklearn's `_binary_clf_curve`). Instead
-of an argsort of all N scores (torch.sort takes ~27 s for a full MVTec category on 2 CPU cores) the curve comes from a
-values-only sort of all scores plus an argsort of the positives alone (a few percent of the pixels): the positives'
-share of every tie group is located by `searchsorted`. On CPU the sorts run in NumPy (SIMD sort, ~2 s for 110 M
-float32), elsewhere in torch, so tensors stay on their device. Counts are integers (AUROC's area is an exact int64
-sum) and everything else float64.
+Every distinct score is a threshold and tied scores are one threshold step (sklearn's `_binary_clf_curve`). AUROC,
+average precision and PRO only change at steps holding a positive, so the curve is materialised there alone: the
+negatives are sorted once (values only) and the positives argsorted (a few percent of the pixels); the number of
+negatives at or above any threshold is then a `searchsorted`, and no array as long as the number of distinct scores
+is ever built. On CPU the sorts run in NumPy (SIMD sort, ~10x torch.sort), elsewhere in torch, so tensors stay on
+their device. Counts are int64 (AUROC's area is an exact integer sum) and everything else float64.
 """
 from __future__ import annotations
 
@@ -20,22 +20,64 @@ from torchmetrics.utilities import rank_zero_warn
 
 @dataclass(frozen=True)
 class RankingCurve:
-    """Cumulative counts at distinct scores, highest score first (one step per threshold, ties grouped)."""
+    """The ROC ranking of N scores: counts at each distinct positive score (highest first) and at any threshold.
 
-    tps: Tensor             # (D,) positives scoring >= the step's threshold (int32 below 2**31 elements, else int64)
-    fps: Tensor             # (D,) negatives scoring >= the step's threshold
-    num_positives: int
-    num_negatives: int
+    The curve's steps are the distinct scores, highest first; at a step, tps/fps count the positives/negatives
+    scoring >= its score. The step before a positive's step is the next higher distinct score, so its counts are
+    those scoring strictly above.
+    """
+
+    negatives: Tensor       # (N - P,) the negatives' scores, ascending
+    positives: Tensor       # (P,) the positives' scores, ascending
     positive_order: Tensor  # (P,) int64: argsort of scores[labels], descending (shared with PRO)
-    positive_steps: Tensor  # (S,) int64, ascending: the steps whose threshold some positive scores exactly
+    values: Tensor          # (S,) the distinct positive scores, descending
+    tps: Tensor             # (S,) int64: positives scoring >= values
+    fps: Tensor             # (S,) int64: negatives scoring >= values
+    tps_above: Tensor       # (S,) int64: positives scoring > values
+    fps_above: Tensor       # (S,) int64: negatives scoring > values
 
-    def step_after(self, fpr: float) -> int:
-        """Index of the first step whose FPR (fps / num_negatives in float64) exceeds `fpr`, else the last step."""
+    @property
+    def num_positives(self) -> int:
+        return self.positives.numel()
+
+    @property
+    def num_negatives(self) -> int:
+        return self.negatives.numel()
+
+    def counts(self, thresholds: Tensor, strictly_above: bool = False) -> tuple[Tensor, Tensor]:
+        """(tps, fps) int64: positives and negatives scoring >= (or >) each threshold."""
+        side = "right" if strictly_above else "left"
+        thresholds = thresholds.to(self.negatives.dtype)
+        tps = self.num_positives - torch.searchsorted(self.positives, thresholds, side=side)
+        fps = self.num_negatives - torch.searchsorted(self.negatives, thresholds, side=side)
+        return tps, fps
+
+    def highest(self) -> Tensor:
+        """The highest score (the first step's threshold), a 1-element tensor."""
+        return torch.cat([self.negatives[-1:], self.positives[-1:]]).amax().reshape(1)
+
+    def lowest(self) -> Tensor:
+        """The lowest score (the last step's threshold), a 1-element tensor."""
+        return torch.cat([self.negatives[:1], self.positives[:1]]).amin().reshape(1)
+
+    def next_higher(self, threshold: Tensor) -> Tensor:
+        """The next higher distinct score after a 1-element threshold, or the threshold itself at the top."""
+        above = [
+            sorted_scores[torch.searchsorted(sorted_scores, threshold, side="right")[0]:][:1]
+            for sorted_scores in (self.negatives, self.positives)
+        ]
+        above = torch.cat(above)
+        return above.amin().reshape(1) if above.numel() else threshold
+
+    def threshold_after(self, fpr: float) -> Tensor:
+        """The threshold of the first step whose FPR (fps / num_negatives in float64) exceeds `fpr`, else the last
+        step's; a 1-element tensor. FPR only grows at negatives: the step is the k-th highest negative, k the least
+        count whose FPR exceeds `fpr`."""
         guess = math.floor(fpr * self.num_negatives)
-        near = torch.tensor([guess - 2, guess + 3], dtype=self.fps.dtype, device=self.fps.device)
-        low, high = torch.searchsorted(self.fps, near).tolist()  # outside [low, high) the answer is certain
-        above = (self.fps[low:high].double() / self.num_negatives > fpr).nonzero()
-        return low + int(above[0]) if above.numel() else min(high, self.fps.numel() - 1)
+        for k in range(max(guess - 2, 1), guess + 4):
+            if k <= self.num_negatives and k / self.num_negatives > fpr:
+                return self.negatives[self.num_negatives - k].reshape(1)
+        return self.lowest()
 
 
 def _sorts_on_numpy(x: Tensor) -> bool:
@@ -43,11 +85,15 @@ def _sorts_on_numpy(x: Tensor) -> bool:
     return x.device.type == "cpu"
 
 
-def sort_values(x: Tensor) -> Tensor:
-    """Ascending values of a 1-D tensor, on its device."""
-    if _sorts_on_numpy(x):
-        return torch.from_numpy(np.sort(x.detach().contiguous().numpy()))
-    return torch.sort(x).values
+def split_sorted(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(the negatives' scores ascending, the positives' scores unsorted) of flat scores and bool labels, on their
+    device. On CPU the split runs in NumPy too (boolean indexing there is ~10x torch's)."""
+    if _sorts_on_numpy(scores):
+        scores, labels = scores.detach().contiguous().numpy(), labels.contiguous().numpy()
+        negatives = scores[~labels]
+        negatives.sort()
+        return torch.from_numpy(negatives), torch.from_numpy(scores[labels])
+    return torch.sort(scores[~labels]).values, scores[labels]
 
 
 def argsort(x: Tensor) -> Tensor:
@@ -58,14 +104,14 @@ def argsort(x: Tensor) -> Tensor:
 
 
 def _group_starts(sorted_values: Tensor) -> Tensor:
-    """Index of the first element of every run of equal values in an ascending tensor (int64)."""
+    """Index of the first element of every run of equal values in a sorted tensor (int64)."""
     is_start = torch.ones(sorted_values.numel(), dtype=torch.bool, device=sorted_values.device)
     torch.ne(sorted_values[1:], sorted_values[:-1], out=is_start[1:])
     return is_start.nonzero().squeeze(1)
 
 
 def ranking_curve(scores: Tensor, labels: Tensor) -> RankingCurve:
-    """Counts of positives and negatives above every distinct score of `scores` (any shape, flattened).
+    """The ranking of `scores` (any shape, flattened) against `labels`.
 
     Args:
         scores: floating scores, higher = more anomalous.
@@ -73,42 +119,27 @@ def ranking_curve(scores: Tensor, labels: Tensor) -> RankingCurve:
     """
     scores = scores.reshape(-1)
     labels = labels.reshape(-1).bool()
-    total = scores.numel()
-    count_dtype = torch.int32 if total < 2**31 else torch.int64
-    sorted_scores = sort_values(scores)
-    starts = _group_starts(sorted_scores)  # ascending: `total - start` elements score >= that group's value
-    values = sorted_scores[starts]
-    del sorted_scores
-    positive_scores = scores[labels]
-    order = argsort(positive_scores)
-    positive_scores = positive_scores[order]
-    positive_starts = _group_starts(positive_scores)
-    positive_counts = torch.diff(positive_starts, append=positive_starts.new_full((1,), positive_scores.numel()))
-    groups = values.numel()
-    # Every distinct positive score is one of the groups; count the positives of each group, highest group first.
-    positive_steps = (groups - 1) - torch.searchsorted(values, positive_scores[positive_starts]).flip(0)
-    del values
-    tps = torch.zeros(groups, dtype=count_dtype, device=scores.device)
-    tps[positive_steps] = positive_counts.flip(0).to(count_dtype)
-    tps.cumsum_(0)
-    fps = starts.flip(0).neg_().add_(total).to(count_dtype).sub_(tps)
+    negatives, positive_scores = split_sorted(scores, labels)
+    order = argsort(positive_scores).flip(0)
+    descending = positive_scores[order]
+    starts = _group_starts(descending)
+    values = descending[starts]
+    tps_above = starts  # the positives before a group's first one all score higher
+    tps = torch.cat([starts[1:], starts.new_full((1,), descending.numel())])
     return RankingCurve(
+        negatives=negatives,
+        positives=descending.flip(0),
+        positive_order=order,
+        values=values,
         tps=tps,
-        fps=fps,
-        num_positives=positive_scores.numel(),
-        num_negatives=total - positive_scores.numel(),
-        positive_order=order.flip(0),
-        positive_steps=positive_steps,
+        fps=negatives.numel() - torch.searchsorted(negatives, values),
+        tps_above=tps_above,
+        fps_above=negatives.numel() - torch.searchsorted(negatives, values, side="right"),
     )
 
 
 def _nan(curve: RankingCurve) -> Tensor:
-    return torch.tensor(float("nan"), dtype=torch.float64, device=curve.tps.device)
-
-
-def _previous(counts: Tensor, steps: Tensor) -> Tensor:
-    """counts[steps - 1] as int64, 0 before the first step."""
-    return torch.where(steps > 0, counts[(steps - 1).clamp(min=0)], 0).long()
+    return torch.tensor(float("nan"), dtype=torch.float64, device=curve.values.device)
 
 
 def auroc(curve: RankingCurve) -> Tensor:
@@ -122,10 +153,8 @@ def auroc(curve: RankingCurve) -> Tensor:
     if num_pos == 0 or num_neg == 0:
         rank_zero_warn(f"AUROC is undefined with {num_pos} positives and {num_neg} negatives; returning nan.")
         return _nan(curve)
-    steps = curve.positive_steps
-    new_positives = curve.tps[steps].long() - _previous(curve.tps, steps)
-    fps = curve.fps[steps].long()
-    twice_area = (new_positives * (2 * num_neg - fps - _previous(curve.fps, steps))).sum()
+    new_positives = curve.tps - curve.tps_above
+    twice_area = (new_positives * (2 * num_neg - curve.fps - curve.fps_above)).sum()
     return twice_area.double() / (2.0 * num_pos * num_neg)
 
 
@@ -139,26 +168,27 @@ def average_precision(curve: RankingCurve) -> Tensor:
     if num_pos == 0:
         rank_zero_warn("Average precision is undefined without positives; returning nan.")
         return _nan(curve)
-    steps = curve.positive_steps
-    tps = curve.tps[steps].double()
-    new_positives = tps - _previous(curve.tps, steps)
-    return (new_positives * tps / (tps + curve.fps[steps])).sum() / num_pos
+    tps = curve.tps.double()
+    new_positives = tps - curve.tps_above
+    return (new_positives * tps / (tps + curve.fps)).sum() / num_pos
 
 
-def roc(curve: RankingCurve, steps: Tensor | slice = slice(None)) -> tuple[Tensor, Tensor]:
-    """(fpr, tpr) at the given steps (default all), after the start point (0, 0); float64."""
-    zero = curve.tps.new_zeros(1)
-    fpr = torch.cat([zero, curve.fps[steps]]).double() / max(curve.num_negatives, 1)
-    tpr = torch.cat([zero, curve.tps[steps]]).double() / max(curve.num_positives, 1)
+def roc(curve: RankingCurve, thresholds: Tensor) -> tuple[Tensor, Tensor]:
+    """(fpr, tpr) at the given thresholds, after the start point (0, 0); float64."""
+    tps, fps = curve.counts(thresholds)
+    zero = tps.new_zeros(1)
+    fpr = torch.cat([zero, fps]).double() / max(curve.num_negatives, 1)
+    tpr = torch.cat([zero, tps]).double() / max(curve.num_positives, 1)
     return fpr, tpr
 
 
-def precision_recall(curve: RankingCurve, steps: Tensor | slice = slice(None)) -> tuple[Tensor, Tensor]:
-    """(precision, recall) at the given steps (default all), recall ascending after sklearn's start point
+def precision_recall(curve: RankingCurve, thresholds: Tensor) -> tuple[Tensor, Tensor]:
+    """(precision, recall) at the given thresholds (descending: recall ascending) after sklearn's start point
     (recall 0, precision 1); float64."""
-    tps = curve.tps[steps].double()
+    tps, fps = curve.counts(thresholds)
+    tps = tps.double()
     one = tps.new_ones(1)
-    precision = torch.cat([one, tps / (tps + curve.fps[steps])])
+    precision = torch.cat([one, tps / (tps + fps)])
     recall = torch.cat([one - 1, tps / max(curve.num_positives, 1)])
     return precision, recall
 
