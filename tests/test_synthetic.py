@@ -1,4 +1,5 @@
-"""The embedded synthetic dataset: layout, exact masks, determinism, generate-once, and not trivially separable."""
+"""The embedded synthetic dataset: layout, exact masks, visible defects, determinism, generate-once, and not trivially
+separable."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,19 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from prn_lightning.errors import DatasetError
 from prn_lightning.data.sources.folder import read_folder_category
-from prn_lightning.imaging.io import read_image, read_mask
 from prn_lightning.data.sources.records import ANOMALOUS
 from prn_lightning.data.sources.registry import load_category
-from prn_lightning.data.sources.synthetic import DEFECTS, MARKER, ensure_synthetic, generate_synthetic
+from prn_lightning.data.sources.synthetic import (
+    DEFECTS,
+    GENERATOR_VERSION,
+    MARKER,
+    ensure_synthetic,
+    generate_synthetic,
+    render_sample,
+)
+from prn_lightning.errors import DatasetError
+from prn_lightning.imaging.io import read_image, read_mask
 
 SMALL = {"num_train": 2, "num_test_good": 1, "num_per_defect": 1}
 
@@ -52,8 +60,29 @@ def test_defect_changes_the_image_inside_its_mask(default_root):
             assert residual[mask].mean() > residual[ring].mean()
 
 
+@pytest.mark.parametrize("category", ["texture", "object"])
+def test_most_defects_are_visible_and_a_few_are_hard(default_root, category):
+    """Visibility = peak of the Gaussian-blurred (sigma 2 px, about what a person resolves at 256 px) absolute grey
+    change between a defective image and the same image rendered without its defect. At least 70 % of the defects
+    change some spot by 15 grey levels or more (generator version 1: 33 % of the texture defects); a few stay under
+    it (the hard ones). The written PNG is the rendered image, rounded."""
+    visibility = []
+    for defect in DEFECTS[category]:
+        for index in range(10):
+            image, mask = render_sample(0, category, f"test/{defect}", index, 256, defect)
+            clean, _ = render_sample(0, category, f"test/{defect}", index, 256)
+            written = read_image(default_root / category / "test" / defect / f"{index:03d}.png").astype(np.float32)
+            assert np.abs(written - np.clip(image + 0.5, 0, 255).astype(np.uint8)).max() == 0
+            assert np.array_equal(read_mask(default_root / category / "ground_truth" / defect /
+                                            f"{index:03d}_mask.png"), mask)
+            change = np.abs(written.mean(2) - np.clip(clean + 0.5, 0, 255).astype(np.uint8).mean(2))
+            visibility.append(cv2.GaussianBlur(change, (0, 0), 2).max())
+    visible = np.mean(np.array(visibility) >= 15)
+    assert 0.7 <= visible < 1.0, visible
+
+
 def test_trivial_detectors_do_not_separate(default_root):
-    """Global intensity and per-pixel distance to the mean normal image score far below a perfect 1.0."""
+    """Global intensity and per-pixel distance to the mean normal image score at most 0.6 image AUROC (chance 0.5)."""
     for category in ("texture", "object"):
         splits = read_folder_category(default_root, category)
         train = np.stack([read_image(s.image_path).mean(2) for s in splits.train]).astype(np.float32)
@@ -67,7 +96,7 @@ def test_trivial_detectors_do_not_separate(default_root):
                                               for t in test]),
         }
         for name, score in scores.items():
-            assert roc_auc_score(labels, score) < 0.8, (category, name)
+            assert roc_auc_score(labels, score) <= 0.6, (category, name)
 
 
 def test_byte_identical_for_a_seed(tmp_path):
@@ -94,6 +123,10 @@ def test_ensure_generates_once_and_respects_foreign_folders(default_root, tmp_pa
     assert json.loads((small / MARKER).read_text())["seed"] == 2
     assert (small / "object" / "train" / "good" / "000.png").read_bytes() != old
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".small-")]  # no staging left behind
+    marker = json.loads((small / MARKER).read_text())  # a copy from an older generator version is regenerated
+    (small / MARKER).write_text(json.dumps({**marker, "version": GENERATOR_VERSION - 1}))
+    ensure_synthetic(small, seed=2, image_size=64, **SMALL)
+    assert json.loads((small / MARKER).read_text())["version"] == GENERATOR_VERSION
 
     foreign = tmp_path / "mine"
     foreign.mkdir()

@@ -8,10 +8,13 @@ categories in MVTec layout:
 - `object`: a turned metal washer with concentric tool marks and a key notch on a dark, uneven background;
   position, size, pose (notch angle), lighting and surface vary per image. Defects: scratch, crack, stain, missing.
 
-Defects are small and low-contrast (thin curved scratches, branching random-walk cracks, soft colour stains, a chunk
-of the part cut away to the background), so a trivial detector does not separate them (see tests/test_synthetic.py).
-Masks are the pixels the defect changed. Output is byte-identical for the same seed and generator version
-(numpy + OpenCV only; every image has its own seed derived from (seed, category, split, index)).
+Defects are drawn as in MVTec AD: most are plainly visible to a person at 256 px (curved scratches 35-90 px long and
+1.5-3.5 px wide, 40-75 grey levels brighter or darker; branching cracks darkening by 40-70 %; tinted stains of 9-22 px
+radius, 22-42 % darker or lighter; a chunk of the part cut away), and about one in five (HARD_SHARE) is a hard one,
+small and faint. They are local, so trivial whole-image detectors still do not separate them (at most 0.6 image
+AUROC, tests/test_synthetic.py). Masks are the pixels the defect changed. Output is byte-identical for the same seed
+and generator version (numpy + OpenCV only; every image has its own seed derived from (seed, category, split,
+index)); GENERATOR_VERSION is recorded in the marker file, so a copy from another version is regenerated.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import numpy as np
 
 from prn_lightning.errors import DatasetError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = ".prn_synthetic.json"
 CATEGORIES = ("object", "texture")
 DEFECTS = {"texture": ("crack", "scratch", "stain"), "object": ("crack", "missing", "scratch", "stain")}
@@ -138,7 +141,39 @@ def _object(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
 
 
 # ------------------------------------------------------------------------------------------------ defects
-def _point_inside(rng: np.random.Generator, size: int, part: _Part | None, margin: int) -> tuple[float, float]:
+# Sizes in pixels at 256 px and contrasts, drawn per defect: a share HARD_SHARE of the defects are hard ones (small and
+# faint, like the subtle cases of MVTec AD), the rest are plainly visible to a person.
+HARD_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class _Ranges:
+    """Uniform ranges of one defect type: `visible` for most defects, `hard` for the faint minority."""
+
+    visible: dict
+    hard: dict
+
+    def draw(self, rng: np.random.Generator) -> dict:
+        ranges = self.hard if rng.random() < HARD_SHARE else self.visible
+        return {name: rng.uniform(*bounds) for name, bounds in ranges.items()}
+
+
+RANGES = {
+    # length in px, width in px, brightness change in grey levels (sign drawn separately)
+    "scratch": _Ranges(visible={"length": (35, 90), "width": (1.5, 3.5), "contrast": (40, 75)},
+                       hard={"length": (18, 35), "width": (1, 1.5), "contrast": (18, 28)}),
+    # steps of 1.5 px per branch, stroke width in px, darkening (fraction of the brightness removed)
+    "crack": _Ranges(visible={"steps": (30, 65), "width": (1.5, 3.5), "depth": (0.4, 0.7)},
+                     hard={"steps": (15, 30), "width": (1, 1.5), "depth": (0.18, 0.3)}),
+    # radius in px, brightness change (a fraction; darker, or lighter for a bleached spot), colour tint strength
+    "stain": _Ranges(visible={"radius": (9, 22), "change": (0.22, 0.42), "tint": (0.15, 0.35)},
+                     hard={"radius": (5, 9), "change": (0.06, 0.12), "tint": (0.03, 0.06)}),
+    # semi-axes of the cut-away ellipse in px
+    "missing": _Ranges(visible={"major": (9, 18), "minor": (6, 12)}, hard={"major": (4, 7), "minor": (3, 5)}),
+}
+
+
+def _point_inside(rng: np.random.Generator, size: int, part: _Part | None, margin: float) -> tuple[float, float]:
     if part is None:
         return tuple(rng.uniform(margin, size - margin, 2))
     r = rng.uniform(part.hole + 0.2 * (part.radius - part.hole), part.radius - 0.2 * (part.radius - part.hole))
@@ -146,54 +181,81 @@ def _point_inside(rng: np.random.Generator, size: int, part: _Part | None, margi
     return part.cx + r * np.cos(a), part.cy + r * np.sin(a)
 
 
-def _scratch_alpha(rng, size, part):
-    """A thin curved line (quadratic Bezier), 20-60 px long at 256 px, 1-2 px wide."""
-    unit = size / 256
-    x0, y0 = _point_inside(rng, size, part, 40 * unit)
-    length, angle = rng.uniform(20, 60) * unit, rng.uniform(0, np.pi)
+def _stroke(size: int, points: np.ndarray, width: float) -> np.ndarray:
+    """Anti-aliased polyline coverage in [0, 1]; widths under 2 px are drawn 1 px wide and dimmed."""
+    alpha = np.zeros((size, size), np.float32)
+    thickness = max(1, int(round(width)))
+    cv2.polylines(alpha, [np.round(points * 16).astype(np.int32)], False, 1.0, thickness, cv2.LINE_AA, shift=4)
+    return alpha * min(1.0, width / thickness) if width < thickness else alpha
+
+
+def _scratch(rng, image, part, unit):
+    """A curved line (quadratic Bezier), brighter or darker than the surface."""
+    p = RANGES["scratch"].draw(rng)
+    x0, y0 = _point_inside(rng, image.shape[0], part, 30 * unit)
+    length, angle = p["length"] * unit, rng.uniform(0, np.pi)
     x2, y2 = x0 + length * np.cos(angle), y0 + length * np.sin(angle)
-    bend = rng.uniform(-0.35, 0.35) * length
+    bend = rng.uniform(-0.3, 0.3) * length
     x1, y1 = (x0 + x2) / 2 - bend * np.sin(angle), (y0 + y2) / 2 + bend * np.cos(angle)
-    t = np.linspace(0, 1, 40)[:, None]
+    t = np.linspace(0, 1, 48)[:, None]
     curve = (1 - t) ** 2 * [x0, y0] + 2 * (1 - t) * t * [x1, y1] + t ** 2 * [x2, y2]
-    alpha = np.zeros((size, size), np.float32)
-    cv2.polylines(alpha, [np.round(curve * 16).astype(np.int32)], False, 1.0, int(rng.integers(1, 3)),
-                  cv2.LINE_AA, shift=4)
-    return alpha, rng.choice([-1, 1]) * rng.uniform(18, 32)
+    alpha = _stroke(image.shape[0], curve, p["width"] * unit)
+    delta = rng.choice([-1, 1]) * p["contrast"]
+    return alpha, lambda a: image + a[..., None] * delta
 
 
-def _crack_alpha(rng, size, part):
-    """A branching random walk, dark: 25-60 steps per branch at 256 px, up to two side branches."""
-    unit = size / 256
+def _crack(rng, image, part, unit):
+    """A dark branching random walk, up to two side branches thinner than the main one."""
+    p = RANGES["crack"].draw(rng)
+    size = image.shape[0]
     alpha = np.zeros((size, size), np.float32)
-    steps = max(8, round(rng.integers(25, 60) * unit))
-    branches = [(*_point_inside(rng, size, part, 40 * unit), rng.uniform(0, 2 * np.pi), steps)]
+    steps = max(8, round(p["steps"] * unit))
+    branches = [(*_point_inside(rng, size, part, 30 * unit), rng.uniform(0, 2 * np.pi), steps, p["width"] * unit)]
     drawn = 0
     while branches and drawn < 3:
-        x, y, heading, steps = branches.pop(0)
+        x, y, heading, steps, width = branches.pop(0)
         points = [(x, y)]
         for _ in range(steps):
-            heading += rng.normal(0, 0.35)
-            x, y = x + 1.5 * np.cos(heading), y + 1.5 * np.sin(heading)
+            heading += rng.normal(0, 0.3)
+            x, y = x + 1.5 * unit * np.cos(heading), y + 1.5 * unit * np.sin(heading)
             points.append((x, y))
             if rng.random() < 0.04 and drawn + len(branches) < 2:
-                branches.append((x, y, heading + rng.choice([-1, 1]) * rng.uniform(0.5, 1.1), steps // 2))
-        cv2.polylines(alpha, [np.round(np.array(points) * 16).astype(np.int32)], False, 1.0, 1, cv2.LINE_AA,
-                      shift=4)
+                side = heading + rng.choice([-1, 1]) * rng.uniform(0.5, 1.1)
+                branches.append((x, y, side, steps // 2, max(1.0, 0.6 * width)))
+        alpha = np.maximum(alpha, _stroke(size, np.array(points), width))
         drawn += 1
-    return alpha, -rng.uniform(25, 45)
+    depth = p["depth"]
+    return alpha, lambda a: image * (1 - depth * a[..., None])
 
 
-def _stain_alpha(rng, size, part):
-    """A soft blob, 6-14 px radius at 256 px, irregular edge."""
-    unit = size / 256
-    cx, cy = _point_inside(rng, size, part, 30 * unit)
-    radius = rng.uniform(6, 14) * unit
+def _stain(rng, image, part, unit):
+    """A soft blob with a ragged edge, tinted and darker (two in three) or lighter."""
+    p = RANGES["stain"].draw(rng)
+    size = image.shape[0]
+    cx, cy = _point_inside(rng, size, part, 25 * unit)
+    radius = p["radius"] * unit
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    ragged = 1 + 0.35 * _fractal_noise(rng, size, cells=(16, 32))
+    ragged = 1 + 0.3 * _fractal_noise(rng, size, cells=(16, 32))
     distance = np.hypot((xx - cx) / rng.uniform(0.7, 1.3), yy - cy) / radius
-    alpha = np.clip((ragged - distance) * 2.5, 0, 1)
-    return cv2.GaussianBlur(alpha, (0, 0), 1.5), None
+    alpha = cv2.GaussianBlur(np.clip((ragged - distance) * 2.5, 0, 1), (0, 0), 1.5)
+    tint = rng.standard_normal(3).astype(np.float32)
+    brightness = 1 + p["change"] * (-1 if rng.random() < 2 / 3 else 1)
+    change = brightness * (1 + p["tint"] * tint / (np.abs(tint).max() + 1e-6))
+    return alpha, lambda a: image * (1 + a[..., None] * (change - 1))
+
+
+def _missing(rng, image, part, unit):
+    """A chunk of the rim cut away: the background shows through."""
+    p = RANGES["missing"].draw(rng)
+    angle = rng.uniform(0, 2 * np.pi)
+    cx, cy = part.cx + part.radius * np.cos(angle), part.cy + part.radius * np.sin(angle)
+    alpha = np.zeros(image.shape[:2], np.float32)
+    axes = (max(2, round(p["major"] * unit)), max(2, round(p["minor"] * unit)))
+    cv2.ellipse(alpha, (round(cx), round(cy)), axes, np.rad2deg(angle), 0, 360, 1.0, -1, cv2.LINE_AA)
+    return alpha, lambda a: image * (1 - a[..., None]) + part.background * a[..., None]
+
+
+DEFECT_MAKERS = {"crack": _crack, "missing": _missing, "scratch": _scratch, "stain": _stain}
 
 
 def _apply_defect(rng, defect: str, image: np.ndarray, coverage: np.ndarray, part: _Part | None):
@@ -201,27 +263,11 @@ def _apply_defect(rng, defect: str, image: np.ndarray, coverage: np.ndarray, par
     size = image.shape[0]
     unit = size / 256
     for _ in range(20):
-        if defect == "missing":
-            angle = rng.uniform(0, 2 * np.pi)
-            cx, cy = part.cx + part.radius * np.cos(angle), part.cy + part.radius * np.sin(angle)
-            chunk = np.zeros((size, size), np.float32)
-            axes = (max(2, round(rng.uniform(7, 14) * unit)), max(2, round(rng.uniform(5, 10) * unit)))
-            cv2.ellipse(chunk, (round(cx), round(cy)), axes, np.rad2deg(angle), 0, 360, 1.0, -1, cv2.LINE_AA)
-            alpha = chunk * coverage
-            out = image * (1 - alpha[..., None]) + part.background * alpha[..., None]
-        else:
-            alpha, delta = {"scratch": _scratch_alpha, "crack": _crack_alpha, "stain": _stain_alpha}[defect](
-                rng, size, part)
-            alpha = alpha * coverage
-            if defect == "stain":
-                change = (1 + rng.uniform(-0.16, -0.06)) * np.array([1.0, 0.93, 0.82], np.float32) * \
-                    rng.uniform(0.97, 1.03, 3).astype(np.float32)
-                out = image * (1 + alpha[..., None] * (change - 1))
-            else:
-                out = image + alpha[..., None] * delta
+        alpha, paint = DEFECT_MAKERS[defect](rng, image, part, unit)
+        alpha = alpha * coverage
         mask = (alpha > 0.3).astype(np.uint8)
         if mask.sum() >= max(4, 12 * unit):
-            return out, mask
+            return paint(alpha), mask
     raise RuntimeError(f"could not place a visible {defect} defect in 20 tries")  # does not happen at >= 64 px
 
 
@@ -237,11 +283,21 @@ def _write(path: Path, image: np.ndarray) -> None:
         raise DatasetError(f"cannot write {path}; check that the folder is writable")
 
 
-def _normal(rng, category: str, size: int):
+def render_sample(seed: int, category: str, folder: str, index: int, image_size: int,
+                  defect: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image of the dataset (float32 RGB in 0..255 before rounding) and its defect mask (None when normal).
+
+    A pure function of its arguments; the normal image is drawn first, so `defect=None` with the folder and index
+    of a defective image gives that image without its defect (tests measure how visible the defects are).
+    """
+    rng = np.random.default_rng([seed, CATEGORIES.index(category), zlib.crc32(folder.encode()), index])
     if category == "texture":
-        image, coverage = _texture(rng, size)
-        return image, coverage, None
-    return _object(rng, size)
+        (image, coverage), part = _texture(rng, image_size), None
+    else:
+        image, coverage, part = _object(rng, image_size)
+    if defect is None:
+        return image, None
+    return _apply_defect(rng, defect, image, coverage, part)
 
 
 def generate_synthetic(root: str | Path, seed: int = 0, image_size: int = 256, num_train: int = 80,
@@ -261,10 +317,8 @@ def generate_synthetic(root: str | Path, seed: int = 0, image_size: int = 256, n
         jobs += [("test/good", i, None) for i in range(num_test_good)]
         jobs += [(f"test/{d}", i, d) for d in DEFECTS[category] for i in range(num_per_defect)]
         for folder, index, defect in jobs:
-            rng = np.random.default_rng([seed, CATEGORIES.index(category), zlib.crc32(folder.encode()), index])
-            image, coverage, part = _normal(rng, category, image_size)
-            if defect is not None:
-                image, mask = _apply_defect(rng, defect, image, coverage, part)
+            image, mask = render_sample(seed, category, folder, index, image_size, defect)
+            if mask is not None:
                 _write(base / "ground_truth" / defect / f"{index:03d}_mask.png", mask)
             _write(base / folder / f"{index:03d}.png", image)
             counts.setdefault(category, {}).setdefault(folder, 0)
