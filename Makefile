@@ -11,7 +11,7 @@ SWEEP ?= prototype_ratio
 ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install train test lint bench sweep table clean-venv
+.PHONY: install train test lint bench bench-quality sweep table clean-venv
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(ARGS)
+
+# PRN's CPU recipe vs anomalib PatchCore on the shared sets + the default run, 3 seeds (needs anomalib: the bench extra)
+bench-quality: $(STAMP)
+	$(BIN)/python bench/quality.py $(ARGS)
 
 sweep: $(STAMP)
 	$(BIN)/prn make-train --sweep "$(SWEEP)" "$(DATASET)" "$(CATEGORY)" $(ARGS)

@@ -47,6 +47,8 @@ class PRNNetwork(nn.Module):
         image_size: int | Sequence[int],
         use_prototypes: bool = True,
         prototype_lookup: str = "torch",
+        prototype_match: str = "image",
+        prototype_neighbourhood: int = 0,
         use_fusion: bool = True,
         use_msa: bool = True,
         msa_blocks: int = 3,
@@ -67,7 +69,10 @@ class PRNNetwork(nn.Module):
         self.register_buffer("input_mean", _channel_stats(config["mean"]))
         self.register_buffer("input_std", _channel_stats(config["std"]))
         stage_channels, stage_strides = channels[:NUM_PROTOTYPE_STAGES], strides[:NUM_PROTOTYPE_STAGES]
-        self.prototypes = PrototypeBank(NUM_PROTOTYPE_STAGES, prototype_lookup) if use_prototypes else None
+        self.prototypes = (
+            PrototypeBank(NUM_PROTOTYPE_STAGES, prototype_lookup, prototype_match, prototype_neighbourhood)
+            if use_prototypes else None
+        )
         self.feature_fusion = MultiScaleFusion(stage_channels, stage_strides) if use_fusion else None
         with_residuals = use_fusion and use_prototypes
         self.residual_fusion = MultiScaleFusion(stage_channels, stage_strides) if with_residuals else None
@@ -95,6 +100,9 @@ class PRNNetwork(nn.Module):
             image_size,
             use_prototypes=bool(cfg.use_prototypes),
             prototype_lookup=str(cfg.prototype_lookup),
+            # configs saved before these keys existed matched whole maps
+            prototype_match=str(cfg.get("prototype_match", "image")),
+            prototype_neighbourhood=int(cfg.get("prototype_neighbourhood", 0)),
             use_fusion=bool(cfg.use_fusion),
             use_msa=bool(cfg.use_msa),
             msa_blocks=int(cfg.msa_blocks),

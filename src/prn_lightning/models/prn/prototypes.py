@@ -8,6 +8,12 @@ picks the same prototypes as FAISS' `IndexFlatL2` (tests/test_prototypes.py, on 
 searches a FAISS `IndexFlatL2` built lazily from the buffers instead (on the current CUDA device when FAISS has GPU
 support and a GPU is visible, on the CPU otherwise), for banks kept off the accelerator.
 
+Matching (`match`): "image" is the paper's: one prototype per image, the whole map nearest in L2, so every position
+gets its feature from the same prototype. "location" picks, at each spatial position separately, the nearest
+prototype feature vector among the K prototypes at that position, or within `neighbourhood` positions of it (a
+(2r+1)^2 window, clamped at the border); it follows parts that shift, turn or shine differently from every whole
+prototype, at the cost of also fitting small defects that resemble some normal feature. Both are plain tensor ops.
+
 Memory: stage j holds K x D float32 values, D = c_j x h_j x w_j, i.e. K x D x 4 bytes, once in the buffer and once
 more in the FAISS index. Examples at 256 px: EfficientNet-Lite0 stage 1 is 24 x 64 x 64 = 98,304 floats (384 KiB)
 per prototype; wide_resnet50_2 stage 1 is 256 x 64 x 64 = 1,048,576 floats (4 MiB) per prototype, so K = 20 costs
@@ -56,13 +62,23 @@ class PrototypeBank(nn.Module):
     """Per-stage prototype tensors (K, c, h, w) as buffers, with nearest-prototype lookup (torch or FAISS)."""
 
     LOOKUPS = ("torch", "faiss")
+    MATCHES = ("image", "location")
 
-    def __init__(self, num_stages: int, lookup: str = "torch") -> None:
+    def __init__(self, num_stages: int, lookup: str = "torch", match: str = "image", neighbourhood: int = 0) -> None:
         super().__init__()
         if lookup not in self.LOOKUPS:
             raise PrototypeError(f"model.prototype_lookup={lookup!r} must be one of {', '.join(self.LOOKUPS)}")
+        if match not in self.MATCHES:
+            raise PrototypeError(f"model.prototype_match={match!r} must be one of {', '.join(self.MATCHES)}")
+        if match == "location" and lookup != "torch":
+            raise PrototypeError("model.prototype_match=location searches with tensor ops: set "
+                                 "model.prototype_lookup=torch (FAISS serves whole-map matching only)")
+        if neighbourhood < 0:
+            raise PrototypeError(f"model.prototype_neighbourhood={neighbourhood} must be >= 0 (0 = same position)")
         self.num_stages = num_stages
         self.lookup = lookup
+        self.match = match
+        self.neighbourhood = neighbourhood
         for stage in range(num_stages):
             self.register_buffer(self._name(stage), torch.empty(0))
         self._indexes: dict[int, faiss.Index] = {}
@@ -120,9 +136,10 @@ class PrototypeBank(nn.Module):
         return self._indexes[stage]
 
     def nearest(self, stage: int, features: Tensor) -> Tensor:
-        """For each map in `features` (B, c, h, w), the prototype nearest in L2 over the whole map (B, c, h, w).
+        """For each map in `features` (B, c, h, w), its nearest prototype (B, c, h, w) under `match`.
 
-        The result is gathered from the buffer and returned on `features`' device and dtype.
+        "image": the prototype nearest in L2 over the whole map; "location": at each position the nearest prototype
+        feature vector (see the module docstring). Returned on `features`' device and dtype.
         """
         if not self.fitted:
             raise PrototypeError(
@@ -136,8 +153,35 @@ class PrototypeBank(nn.Module):
                 f"{tuple(prototypes.shape[1:])}: the image size or backbone differs from the one the prototypes were "
                 "fitted with"
             )
+        if self.match == "location":
+            return self._nearest_per_location(prototypes, features).to(device=features.device, dtype=features.dtype)
         ids = self.nearest_ids(stage, features)
         return prototypes.index_select(0, ids).to(device=features.device, dtype=features.dtype)
+
+    def _candidates(self, prototypes: Tensor) -> Tensor:
+        """Per position, the prototype feature vectors it may match: (h*w, K*(2r+1)^2, c), r = neighbourhood.
+
+        Shifted copies of the replicate-padded prototypes (plain slicing, so the graph exports); at the border the
+        clamped copies repeat in-bounds vectors, which changes no minimum.
+        """
+        k, c, h, w = prototypes.shape
+        r = self.neighbourhood
+        if r == 0:
+            return prototypes.reshape(k, c, h * w).permute(2, 0, 1)
+        padded = nn.functional.pad(prototypes, (r, r, r, r), mode="replicate")
+        shifted = [padded[:, :, dy:dy + h, dx:dx + w] for dy in range(2 * r + 1) for dx in range(2 * r + 1)]
+        return torch.cat(shifted, dim=0).reshape(-1, c, h * w).permute(2, 0, 1)
+
+    def _nearest_per_location(self, prototypes: Tensor, features: Tensor) -> Tensor:
+        """At each position of `features` (B, c, h, w), the nearest candidate vector in L2 (B, c, h, w)."""
+        b, c, h, w = features.shape
+        candidates = self._candidates(prototypes)  # (p, m, c), p = h*w positions, m candidates each
+        query = features.detach().reshape(b, c, h * w).permute(2, 0, 1).to(candidates)  # (p, B, c)
+        # ||q - v||^2 without ||q||^2, which is the same for every candidate v at a position.
+        distances = candidates.square().sum(dim=2).unsqueeze(1) - 2.0 * torch.bmm(query, candidates.transpose(1, 2))
+        ids = distances.argmin(dim=2)  # (p, B)
+        chosen = torch.gather(candidates, 1, ids.unsqueeze(2).expand(-1, -1, c))  # (p, B, c)
+        return chosen.permute(1, 2, 0).reshape(b, c, h, w)
 
     def nearest_ids(self, stage: int, features: Tensor) -> Tensor:
         """Index (B,) of the prototype nearest to each map of `features` (B, c, h, w), on the prototypes' device."""
@@ -177,4 +221,5 @@ class PrototypeBank(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return f"num_stages={self.num_stages}, K={self.counts()}"
+        return (f"num_stages={self.num_stages}, K={self.counts()}, match={self.match}, "
+                f"neighbourhood={self.neighbourhood}")
