@@ -1,14 +1,18 @@
 """PRNDataModule: the `data` config section -> training, validation, test and prototype loaders.
 
-setup() loads the category, moves the seen anomalies from test to train (writing their list into the run
-directory), holds out `val_fraction` of train/good for validation, and builds the datasets. Workers prepare images
+setup() checks the `data` config values, loads the category, checks that every image and mask decodes (one error
+listing every bad file, before any training step), moves the seen anomalies from test to train (writing their list
+into the run directory, or taking a run's recorded list), holds out `val_fraction` of train/good for validation,
+and builds the datasets. Workers prepare images
 on CPU; `on_after_batch_transfer` completes training batches on their device (Perlin masks, opacities, the
 extended/simulated formulas, labels). Images stay in [0, 1]: the network normalises its own input.
 
 Reproducibility: every training sample is a function of (seed, epoch, position), every validation anomaly of
 (seed, index), and each device-side batch draw of (seed, epoch, batch number, rank); results do not depend on the
 number of workers. The Trainer must run with `use_distributed_sampler=False`: this module builds its own samplers
-(an epoch-schedule split for training, an unrepeated one for evaluation, so metrics are exact in DDP).
+(an epoch-schedule split for training, an unrepeated one for evaluation, so metrics are exact in DDP). Its
+`state_dict` (in every checkpoint) holds the training batch counter, so a run resumed from a checkpoint saved in
+the middle of an epoch skips the batches already done and continues with the same draws.
 """
 from __future__ import annotations
 
@@ -23,19 +27,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from prn_lightning.config_checks import check_data_config
 from prn_lightning.data import seed_streams
+from prn_lightning.data.checks import DataReport, check_splits
 from prn_lightning.data.datasets import EvalDataset, SampleKind, TrainMixDataset
 from prn_lightning.data.samplers import EpochScheduleSampler, UnrepeatedDistributedSampler, world_size_and_rank
-from prn_lightning.data.seen import split_seen, write_seen_list
+from prn_lightning.data.seen import read_seen_list, split_recorded_seen, split_seen, write_seen_list
 from prn_lightning.data.sources.records import Sample
 from prn_lightning.data.sources.registry import load_category
-from prn_lightning.errors import ConfigError
+from prn_lightning.errors import ConfigError, DatasetError
 from prn_lightning.synthesis.extended import extend_anomalies
 from prn_lightning.synthesis.perlin import perlin_masks
 from prn_lightning.synthesis.simulated import sample_beta, simulate_anomalies
 from prn_lightning.synthesis.textures import TextureSource, resolve_texture_dir
-
-FOREGROUND_MODES = ("auto", "texture", "object")
 
 
 def seed_worker(worker_id: int) -> None:
@@ -50,8 +54,6 @@ def seed_worker(worker_id: int) -> None:
 
 def hold_out(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """(training normals, validation normals): a seeded `fraction` of train/good, at least one of each when > 0."""
-    if not 0.0 <= fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in [0, 1), got {fraction}")
     n_val = int(round(fraction * len(train)))
     if fraction > 0:
         n_val = max(n_val, 1)
@@ -63,43 +65,42 @@ def hold_out(train: list[Sample], fraction: float, seed: int) -> tuple[list[Samp
 
 
 def generation_weights(generation: Mapping, num_seen: int) -> dict[SampleKind, float]:
-    """Weights of the enabled anomaly strategies (data.generation.*); seen/extended need seen anomalies."""
+    """Weights of the enabled anomaly strategies (data.generation.*, checked by `check_data_config`); seen and
+    extended need seen anomalies."""
     weights = {}
     for kind in (SampleKind.SEEN, SampleKind.EXTENDED, SampleKind.SIMULATED):
         name = kind.name.lower()
         weight = float(generation[f"{name}_weight"])
-        if weight < 0:
-            raise ConfigError(f"data.generation.{name}_weight must be >= 0, got {weight}")
         if bool(generation[name]) and weight > 0 and (kind == SampleKind.SIMULATED or num_seen > 0):
             weights[kind] = weight
-    if not weights:
-        raise ConfigError("data.generation enables no anomaly strategy that can run: PRN trains on anomalies; "
-                          "enable data.generation.simulated, or seen/extended with data.num_seen_anomalies > 0 "
-                          f"(now {num_seen}), each with a positive weight")
     return weights
 
 
 def perlin_settings(perlin: Mapping) -> dict[str, Any]:
-    """data.perlin -> keyword arguments of `perlin_masks` (checked here, so a bad value fails in setup)."""
-    settings = dict(min_scale=int(perlin["min_scale"]), max_scale=int(perlin["max_scale"]),
-                    threshold=float(perlin["threshold"]), rotation_deg=float(perlin["rotation"]))
-    if not 0 <= settings["min_scale"] < settings["max_scale"]:
-        raise ConfigError("data.perlin needs 0 <= min_scale < max_scale, got "
-                          f"min_scale={settings['min_scale']}, max_scale={settings['max_scale']}")
-    if not -1.0 < settings["threshold"] < 1.0:
-        raise ConfigError(f"data.perlin.threshold must be in (-1, 1) (Perlin noise lies in [-1, 1]), "
-                          f"got {settings['threshold']}")
-    return settings
+    """data.perlin (checked by `check_data_config`) -> keyword arguments of `perlin_masks`."""
+    return dict(min_scale=int(perlin["min_scale"]), max_scale=int(perlin["max_scale"]),
+                threshold=float(perlin["threshold"]), rotation_deg=float(perlin["rotation"]))
 
 
 class PRNDataModule(pl.LightningDataModule):
-    """Loaders for PRN; see the module docstring. `data_cfg` is the `data` section of the config."""
+    """Loaders for PRN; see the module docstring. `data_cfg` is the `data` section of the config.
 
-    def __init__(self, data_cfg: DictConfig | Mapping, seed: int, run_dir: str | Path | None = None) -> None:
+    `seen_list` (a run's seen_anomalies.txt, its paths below `seen_list_root`, default data.root) replaces the
+    seen-anomaly draw: `prn test` and resumed runs use exactly the run's seen anomalies. Recorded files missing
+    from this dataset's test split are an error unless `other_data=True` (evaluating on another dataset: the
+    recorded files present are still kept out of the test set)."""
+
+    def __init__(self, data_cfg: DictConfig | Mapping, seed: int, run_dir: str | Path | None = None, *,
+                 seen_list: str | Path | None = None, seen_list_root: str | Path | None = None,
+                 other_data: bool = False) -> None:
         super().__init__()
         self.cfg = data_cfg if isinstance(data_cfg, DictConfig) else OmegaConf.create(dict(data_cfg))
         self.seed = int(seed) % 2**63
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.seen_list = Path(seen_list) if seen_list is not None else None
+        self.seen_list_root = Path(seen_list_root) if seen_list_root is not None else None
+        self.other_data = other_data
+        self.data_report: DataReport | None = None
         self.splits = None
         self.seen_anomalies: list[Sample] = []
         self.test_samples: list[Sample] = []
@@ -108,36 +109,34 @@ class PRNDataModule(pl.LightningDataModule):
         self.defect_types: list[str] = []
         self.train_sampler: EpochScheduleSampler | None = None
         self._batch_counter = (0, 0)  # (epoch, training batches completed in it): seeds the device-side draws
+        self._resume_point: tuple[int, int] | None = None  # the batch counter of the checkpoint resumed from
 
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
         cfg = self.cfg
+        check_data_config(cfg)
         self.image_size = int(cfg.image_size)
-        if self.image_size < 8:
-            raise ConfigError(f"data.image_size must be at least 8, got {self.image_size}")
         self.perlin = perlin_settings(cfg.perlin)
         self.beta_range = (float(cfg.beta[0]), float(cfg.beta[1]))
-        if not 0.0 <= self.beta_range[0] <= self.beta_range[1] <= 1.0:
-            raise ConfigError(f"data.beta must be [low, high] with 0 <= low <= high <= 1, got {list(cfg.beta)}")
-        if cfg.foreground not in FOREGROUND_MODES:
-            raise ConfigError(f"data.foreground must be one of {', '.join(FOREGROUND_MODES)}, got {cfg.foreground}")
         anomaly_ratio = float(cfg.anomaly_ratio)
-        if not 0.0 < anomaly_ratio <= 1.0:
-            raise ConfigError(f"data.anomaly_ratio must be in (0, 1], got {anomaly_ratio}: PRN trains on anomalies")
         per_normal = int(cfg.val_synthetic_per_normal)
-        if per_normal < 0:
-            raise ConfigError(f"data.val_synthetic_per_normal must be >= 0, got {per_normal}")
 
-        self.splits = load_category(cfg)
-        self.seen_anomalies, self.test_samples = split_seen(self.splits, int(cfg.num_seen_anomalies), self.seed)
+        splits = load_category(cfg)
+        self.data_report = check_splits(splits, self.image_size)
+        self.data_report.raise_for_unreadable()
+        if world_size_and_rank()[1] == 0:
+            self.data_report.warn()
+        self.splits = splits
+        self.seen_anomalies, self.test_samples = self._split_seen(int(cfg.num_seen_anomalies))
         self.defect_types = self.splits.defect_types
         self.train_normals, self.val_samples = hold_out(self.splits.train, float(cfg.val_fraction), self.seed)
         weights = generation_weights(cfg.generation, len(self.seen_anomalies))
         self.samples_per_epoch = self._samples_per_epoch(anomaly_ratio)
-        if self.run_dir is not None and world_size_and_rank()[1] == 0:
-            write_seen_list(self.run_dir / "seen_anomalies.txt", self.seen_anomalies)
+        seen_path = self.run_dir / "seen_anomalies.txt" if self.run_dir is not None else None
+        if seen_path is not None and not seen_path.exists() and world_size_and_rank()[1] == 0:
+            write_seen_list(seen_path, self.seen_anomalies)
 
         textures = TextureSource(resolve_texture_dir(cfg.texture_dir, cfg.root), self.image_size)
         estimate_objects = cfg.foreground == "object" or (cfg.foreground == "auto" and not self.splits.is_texture)
@@ -151,16 +150,38 @@ class PRNDataModule(pl.LightningDataModule):
         self.test_dataset = EvalDataset(self.test_samples, self.image_size, self.defect_types)
         self.prototype_dataset = EvalDataset(self.train_normals, self.image_size)
 
+    def _split_seen(self, num_seen: int) -> tuple[list[Sample], list[Sample]]:
+        """(seen anomalies, test samples): drawn (never an anomaly with an empty mask), or the recorded list."""
+        if self.seen_list is None:
+            return split_seen(self.splits, num_seen, self.seed, unusable=self.data_report.empty_masks)
+        if not self.seen_list.is_file():
+            raise DatasetError(f"the run's seen-anomaly list {self.seen_list} does not exist: without it the test "
+                               "set cannot exclude what the model trained on")
+        recorded = read_seen_list(self.seen_list)
+        seen, test, missing = split_recorded_seen(self.splits, recorded, self.seen_list_root or self.cfg.root)
+        if missing and not self.other_data:
+            raise DatasetError(f"{len(missing)} of the run's {len(recorded)} seen anomalies ({self.seen_list}) are "
+                               f"not in the test split of data.root={self.cfg.root}, data.category="
+                               f"{self.cfg.category}, e.g. {missing[0].image_path}; this is not the run's dataset. "
+                               "To evaluate on other data anyway, add evaluate_on_other_data=true")
+        return seen, test
+
     def _samples_per_epoch(self, anomaly_ratio: float) -> int:
         value = self.cfg.samples_per_epoch
-        if value is None:
-            if anomaly_ratio >= 1.0:
-                raise ConfigError("data.samples_per_epoch must be set when data.anomaly_ratio is 1 "
-                                  "(the default derives it from the normal images of an epoch)")
+        if value is None:  # anomaly_ratio < 1 here: `check_data_config` refuses null with a ratio of 1
             return max(1, round(len(self.train_normals) / (1.0 - anomaly_ratio)))
-        if int(value) < 1:
-            raise ConfigError(f"data.samples_per_epoch must be a positive integer or null, got {value}")
         return int(value)
+
+    # ------------------------------------------------------------------------------------------------ resuming
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the training batch counter (epoch, batches done in it)."""
+        return {"batch_counter": list(self._batch_counter)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the batch counter; the train sampler then skips the batches of that epoch already done."""
+        epoch, count = (int(v) for v in state_dict["batch_counter"])
+        self._batch_counter = (epoch, count)
+        self._resume_point = (epoch, count)
 
     # ------------------------------------------------------------------------------------------------ loaders
     def _loader(self, dataset, batch_size: int, sampler, rank: int) -> DataLoader:
@@ -179,6 +200,9 @@ class PRNDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         world, rank = world_size_and_rank()
         self.train_sampler = EpochScheduleSampler(len(self.train_dataset), world, rank)
+        if self._resume_point is not None:
+            epoch, batches = self._resume_point
+            self.train_sampler.skip(epoch, batches * int(self.cfg.batch_size))
         return self._loader(self.train_dataset, int(self.cfg.batch_size), self.train_sampler, rank)
 
     def val_dataloader(self) -> DataLoader:

@@ -45,7 +45,8 @@ class EpochScheduleSampler(Sampler[tuple[int, int]]):
 
     The schedule itself is shuffled per epoch by the dataset, so positions are walked in order. Training ranks must
     run the same number of steps, so like DistributedSampler the positions wrap around to an equal share per rank.
-    Lightning calls `set_epoch` before every training epoch; standalone users call it themselves.
+    Lightning calls `set_epoch` before every training epoch; standalone users call it themselves. `skip` leaves out
+    the first keys of one epoch: a run resumed in the middle of that epoch continues where it stopped.
     """
 
     def __init__(self, length: int, num_replicas: int = 1, rank: int = 0) -> None:
@@ -54,14 +55,20 @@ class EpochScheduleSampler(Sampler[tuple[int, int]]):
             raise ValueError("EpochScheduleSampler needs a schedule of at least one position")
         self.length, self.num_replicas, self.rank = int(length), int(num_replicas), int(rank)
         self.epoch = 0
+        self._skip = (0, 0)  # (epoch, keys of this rank to leave out at its start)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def skip(self, epoch: int, count: int) -> None:
+        """Leave out this rank's first `count` keys of epoch `epoch` (those its batches already consumed)."""
+        self._skip = (int(epoch), int(count))
 
     def __len__(self) -> int:
         return -(-self.length // self.num_replicas)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         total = len(self) * self.num_replicas
-        for position in range(self.rank, total, self.num_replicas):
+        skipped = self._skip[1] if self._skip[0] == self.epoch else 0
+        for position in range(self.rank + skipped * self.num_replicas, total, self.num_replicas):
             yield self.epoch, position % self.length
