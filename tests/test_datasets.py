@@ -5,7 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
+from prn_lightning.config_checks import config_problems
 from prn_lightning.data.datasets import SampleKind, TrainMixDataset
 from prn_lightning.data.sources.folder import read_folder_category
 from prn_lightning.data.sources.records import ANOMALOUS
@@ -14,6 +16,7 @@ from prn_lightning.errors import ConfigError
 from prn_lightning.imaging.tensors import load_image, load_mask
 from prn_lightning.synthesis.textures import TextureSource
 
+REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
 
 
@@ -77,3 +80,21 @@ def test_extended_defects_keep_geometric_moves_by_default(splits):
 def test_unknown_augmentation_names_the_key(splits):
     with pytest.raises(ConfigError, match="data.extended_defect_augmentation=rotate"):
         mix(splits, SampleKind.EXTENDED, extended_augmentation="rotate")
+
+
+def test_augmentation_keys_are_checked_with_the_config():
+    """Each bad value is one line naming the key, before any work starts (config_checks)."""
+    data = OmegaConf.load(REPO / "experiments" / "data" / "base.yaml").data
+    assert not config_problems({"data": data})
+    data.merge_with({"seen_augmentation": "flip", "extended_defect_augmentation": "none",
+                     "source_augmentation": {"ops": ["gamma", "blur"], "per_source": 1}})
+    problems = config_problems({"data": data})
+    assert len(problems) == 2
+    assert problems[0].startswith("data.seen_augmentation=flip is not allowed: it must be one of photometric")
+    assert problems[1].startswith("data.source_augmentation.ops=['gamma', 'blur'] is not allowed")
+    data.source_augmentation.ops = ["gamma", "invert"]
+    data.source_augmentation.per_source = 3
+    data.seen_augmentation = "none"
+    assert config_problems({"data": data}) == [
+        "data.source_augmentation.per_source=3 is not allowed: it must be at most the 2 ops listed in "
+        "data.source_augmentation.ops"]

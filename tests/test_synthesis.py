@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from prn_lightning.config_checks import SOURCE_AUGMENTATION_OPS
 from prn_lightning.errors import ConfigError
 from prn_lightning.synthesis.augment import SOURCE_OPS, SourceAugmentation, augment_defect, defect_augmentation
 from prn_lightning.synthesis.extended import extend_anomalies, place_defect
@@ -159,7 +160,7 @@ def test_photometric_augmentation_keeps_a_whole_seen_image_registered():
 def test_source_augmentation_draws_ops_without_replacement_seeded():
     image = np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)
     augmentation = SourceAugmentation(per_source=3)
-    assert augmentation.ops == list(SOURCE_OPS) and len(SOURCE_OPS) == 10
+    assert augmentation.ops == list(SOURCE_OPS) == list(SOURCE_AUGMENTATION_OPS) and len(SOURCE_OPS) == 10
     outputs = [augmentation(image, np.random.default_rng(seed)) for seed in range(12)]
     assert np.array_equal(outputs[0], augmentation(image, np.random.default_rng(0)))
     assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outputs)
@@ -167,9 +168,11 @@ def test_source_augmentation_draws_ops_without_replacement_seeded():
     assert SourceAugmentation(per_source=0)(image, np.random.default_rng(0)) is image
     inverted = SourceAugmentation(ops=["invert"], per_source=1)(image, np.random.default_rng(0))
     assert np.array_equal(inverted, 255 - image)
-    with pytest.raises(ConfigError, match="unknown op.*blur"):
+    with pytest.raises(ConfigError, match="data.source_augmentation.ops=.*blur.*is not allowed.*one of gamma"):
         SourceAugmentation(ops=["invert", "blur"])
-    with pytest.raises(ConfigError, match="per_source=3.*\\(2\\)"):
+    with pytest.raises(ConfigError, match="each op once"):
+        SourceAugmentation(ops=["invert", "invert"], per_source=1)
+    with pytest.raises(ConfigError, match="per_source=3 is not allowed: it must be at most the 2 ops"):
         SourceAugmentation(ops=["invert", "gamma"], per_source=3)
 
 

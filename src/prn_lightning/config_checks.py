@@ -95,6 +95,10 @@ IMAGE_SIZE = Rule(lambda v: SIDE.accepts(v) or (isinstance(v, (list, tuple)) and
                   f"a multiple of {SIZE_MULTIPLE} (at least {SIZE_MULTIPLE}), or [height, width] of such, "
                   "e.g. 256 or [256, 512]")
 FRACTION_OR_COUNT = either(number(0.0, 1.0, low_open=True), integer(1))
+RESIZE_POLICIES = ("squash", "keep-aspect")  # data.resize: stretch to image_size, or scale the long side and pad
+DEFECT_AUGMENTATIONS = ("photometric", "geometric", "none")  # data.seen_augmentation, extended_defect_augmentation
+SOURCE_AUGMENTATION_OPS = ("gamma", "brightness_contrast", "sharpness", "hue_saturation", "solarize", "posterize",
+                           "invert", "autocontrast", "equalize", "rotate")  # DRAEM's augmenters for anomaly sources
 
 RULES: dict[str, Rule] = {
     "seed": integer(0, 2**32 - 1),
@@ -113,6 +117,7 @@ RULES: dict[str, Rule] = {
     "data.url": optional(TEXT),
     "data.sha256": optional(TEXT),
     "data.image_size": IMAGE_SIZE,
+    "data.resize": choice(*RESIZE_POLICIES),
     "data.num_seen_anomalies": integer(0),
     "data.val_fraction": number(0.0, 1.0, high_open=True),
     "data.val_synthetic_per_normal": integer(0),
@@ -131,6 +136,10 @@ RULES: dict[str, Rule] = {
     "data.perlin.rotation": number(0.0, 180.0),
     "data.texture_dir": optional(PATH),
     "data.foreground": choice("auto", "texture", "object"),
+    "data.seen_augmentation": choice(*DEFECT_AUGMENTATIONS),
+    "data.extended_defect_augmentation": choice(*DEFECT_AUGMENTATIONS),
+    "data.source_augmentation.ops": list_of(choice(*SOURCE_AUGMENTATION_OPS)),
+    "data.source_augmentation.per_source": integer(0),
     "data.batch_size": integer(1),
     "data.eval_batch_size": integer(1),
     "data.num_workers": integer(0),
@@ -253,6 +262,25 @@ def _beta_problems(beta: Any) -> list[str]:
     return []
 
 
+def check_source_augmentation(ops: Any, per_source: Any) -> None:
+    """data.source_augmentation: known ops, each listed once, and 0 <= per_source <= len(ops)."""
+    problems = _source_augmentation_problems(_plain(ops), per_source)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _source_augmentation_problems(ops: Any, per_source: Any) -> list[str]:
+    problems = [_line(f"data.source_augmentation.{k}", v, RULES[f"data.source_augmentation.{k}"].allowed)
+                for k, v in (("ops", ops), ("per_source", per_source))
+                if not RULES[f"data.source_augmentation.{k}"].accepts(v)]
+    if not problems and len(set(ops)) != len(ops):
+        problems.append(_line("data.source_augmentation.ops", ops, "a list naming each op once"))
+    if not problems and per_source > len(ops):
+        problems.append(f"data.source_augmentation.per_source={per_source} is not allowed: it must be at most the "
+                        f"{len(ops)} ops listed in data.source_augmentation.ops")
+    return problems
+
+
 def _generation_problems(data: Any) -> list[str]:
     present, generation = _get(data, "generation")
     present_n, num_seen = _get(data, "num_seen_anomalies")
@@ -282,6 +310,11 @@ def _cross_problems(cfg: Any) -> list[str]:
         if present and RULES["data.beta"].accepts(beta):
             problems += _beta_problems(beta)
         problems += _generation_problems(data)
+        ops_present, ops = _get(cfg, "data.source_augmentation.ops")
+        count_present, per_source = _get(cfg, "data.source_augmentation.per_source")
+        if (ops_present and count_present and RULES["data.source_augmentation.ops"].accepts(ops)
+                and RULES["data.source_augmentation.per_source"].accepts(per_source)):
+            problems += _source_augmentation_problems(ops, per_source)
         ratio_present, ratio = _get(cfg, "data.anomaly_ratio")
         spe_present, per_epoch = _get(cfg, "data.samples_per_epoch")
         if ratio_present and spe_present and ratio == 1 and per_epoch is None:

@@ -36,6 +36,7 @@ from prn_lightning.data.seen import read_seen_list, split_recorded_seen, split_s
 from prn_lightning.data.sources.records import Sample
 from prn_lightning.data.sources.registry import load_category
 from prn_lightning.errors import ConfigError, DatasetError
+from prn_lightning.synthesis.augment import SourceAugmentation
 from prn_lightning.synthesis.extended import extend_anomalies
 from prn_lightning.synthesis.perlin import perlin_masks
 from prn_lightning.synthesis.simulated import sample_beta, simulate_anomalies
@@ -138,12 +139,16 @@ class PRNDataModule(pl.LightningDataModule):
         if seen_path is not None and not seen_path.exists() and world_size_and_rank()[1] == 0:
             write_seen_list(seen_path, self.seen_anomalies)
 
-        textures = TextureSource(resolve_texture_dir(cfg.texture_dir, cfg.root), self.image_size)
+        textures = TextureSource(resolve_texture_dir(cfg.texture_dir, cfg.root), self.image_size,
+                                 SourceAugmentation(list(cfg.source_augmentation.ops),
+                                                    int(cfg.source_augmentation.per_source)))
         estimate_objects = cfg.foreground == "object" or (cfg.foreground == "auto" and not self.splits.is_texture)
         self.train_dataset = TrainMixDataset(
             self.train_normals, self.seen_anomalies, image_size=self.image_size,
             samples_per_epoch=self.samples_per_epoch, anomaly_ratio=anomaly_ratio, weights=weights,
-            texture_source=textures, estimate_objects=estimate_objects, seed=self.seed)
+            texture_source=textures, estimate_objects=estimate_objects, seed=self.seed,
+            seen_augmentation=str(cfg.seen_augmentation),
+            extended_augmentation=str(cfg.extended_defect_augmentation))
         self.val_dataset = EvalDataset(self.val_samples, self.image_size, simulated_per_sample=per_normal,
                                        texture_source=textures, perlin=self.perlin, beta_range=self.beta_range,
                                        seed=self.seed)

@@ -22,9 +22,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from prn_lightning.config_checks import DEFECT_AUGMENTATIONS, SOURCE_AUGMENTATION_OPS, check_source_augmentation
 from prn_lightning.errors import ConfigError
-
-DEFECT_AUGMENTATIONS = ("photometric", "geometric", "none")
 
 
 def seed_pipeline(pipeline: A.Compose, seed: int) -> None:
@@ -88,7 +87,8 @@ def augment_source(pipeline: A.Compose, image: np.ndarray, seed: int) -> np.ndar
     return pipeline(image=image)["image"]
 
 
-# DRAEM's anomaly-source augmenters (imgaug there), as albumentations transforms that always fire when drawn.
+# DRAEM's anomaly-source augmenters (imgaug there), as albumentations transforms that always fire when drawn; the
+# names are config_checks.SOURCE_AUGMENTATION_OPS (the allowed values of data.source_augmentation.ops), in order.
 SOURCE_OPS: dict[str, Callable[[], A.BasicTransform]] = {
     "gamma": lambda: A.RandomGamma(gamma_limit=(50, 200), p=1.0),  # GammaContrast((0.5, 2.0))
     "brightness_contrast": lambda: A.RandomBrightnessContrast(  # MultiplyAndAddToBrightness(0.8-1.2, -30..30)
@@ -112,17 +112,9 @@ class SourceAugmentation:
     `ops` name entries of SOURCE_OPS (`data.source_augmentation.ops`); `per_source` = 0 switches it off.
     """
 
-    def __init__(self, ops: Sequence[str] = tuple(SOURCE_OPS), per_source: int = 3) -> None:
-        ops = [str(op) for op in ops]
-        unknown = [op for op in ops if op not in SOURCE_OPS]
-        if unknown:
-            raise ConfigError(f"data.source_augmentation.ops has unknown op(s) {', '.join(unknown)}; choose from "
-                              f"{', '.join(SOURCE_OPS)}")
-        if len(set(ops)) != len(ops):
-            raise ConfigError(f"data.source_augmentation.ops lists an op twice: {ops}; list each op once")
-        if not 0 <= int(per_source) <= len(ops):
-            raise ConfigError(f"data.source_augmentation.per_source={per_source} must be between 0 and the number "
-                              f"of ops in data.source_augmentation.ops ({len(ops)})")
+    def __init__(self, ops: Sequence[str] = SOURCE_AUGMENTATION_OPS, per_source: int = 3) -> None:
+        ops = list(ops)
+        check_source_augmentation(ops, per_source)
         self.ops = ops
         self.per_source = int(per_source)
         self._transforms = [SOURCE_OPS[op]() for op in ops]
