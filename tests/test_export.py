@@ -60,11 +60,12 @@ def real_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.Tensor,
     return load(normals[:30]), load(tests[:: max(1, len(tests) // 12)][:12])
 
 
-def lite0_network(normals: torch.Tensor, lookup: str) -> PRNNetwork:
+def lite0_network(normals: torch.Tensor, lookup: str, **options) -> PRNNetwork:
     """A PRN network on the bundled ImageNet Lite0 with prototypes fitted on real normal images. The decoder's head
     bias is zeroed so the maps spread over (0, 1), where the sigmoid is steepest: the strictest place to compare."""
     torch.manual_seed(0)
-    network = PRNNetwork(FrozenBackbone("tf_efficientnet_lite0", "bundled", (1, 2, 3, 4)), SIZE, msa_blocks=1)
+    network = PRNNetwork(FrozenBackbone("tf_efficientnet_lite0", "bundled", (1, 2, 3, 4)), SIZE, msa_blocks=1,
+                         **options)
     network.prototypes.fit(network.extract_prototype_features(normals.split(10)), ratio=0.2, iterations=10, seed=0)
     network.prototypes.lookup = lookup
     nn.init.zeros_(network.decoder.head.bias)
@@ -134,6 +135,21 @@ def test_exported_model_equals_pytorch_on_real_images(fmt: str, real_images, tmp
     # the batch axis is dynamic: one image alone gives the same answer as inside the batch
     single_map, single_score = inferencer.predict(queries[3:4].numpy())
     assert np.abs(single_map[0] - maps[3]).max() <= MAP_TOLERANCE and abs(single_score[0] - scores[3]) <= 1e-5
+
+
+def test_location_matching_exports_too(real_images, tmp_path: Path) -> None:
+    """model.prototype_match=location (nearest prototype vector per position, in a window) is tensor ops as well."""
+    normals, queries = real_images
+    network = lite0_network(normals, "torch", prototype_match="location", prototype_neighbourhood=1)
+    with torch.no_grad():
+        expected_maps = anomaly_map(network(queries), 0.0)
+    metadata = ModelMetadata(image_size=(SIZE, SIZE), threshold=0.5, backbone="tf_efficientnet_lite0",
+                             num_seen_anomalies=0, topk=100, map_smoothing_sigma=0.0,
+                             prototypes_per_stage=network.prototypes.counts(), version=prn_lightning.__version__)
+    for fmt in ("onnx", "openvino"):
+        maps, _ = load_inferencer(export_model(ExportableModel(network, 100, 0.0), metadata, fmt,
+                                               tmp_path / fmt)).predict(queries.numpy())
+        assert np.abs(maps - expected_maps.numpy()).max() <= MAP_TOLERANCE
 
 
 @pytest.fixture(scope="module")
