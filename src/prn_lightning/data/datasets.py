@@ -17,8 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from prn_lightning.data import seed_streams
+from prn_lightning.data.image_cache import load_image, preload_images
 from prn_lightning.data.sources.records import ANOMALOUS, Sample
-from prn_lightning.imaging.tensors import image_to_tensor, load_image, load_mask, mask_to_tensor
+from prn_lightning.imaging.tensors import image_to_tensor, load_mask, mask_to_tensor
 from prn_lightning.synthesis.augment import augment_defect, defect_augmentation
 from prn_lightning.synthesis.extended import place_defect
 from prn_lightning.synthesis.foreground import estimate_foreground
@@ -97,6 +98,7 @@ class TrainMixDataset(Dataset):
             raise ValueError(f"generation strategies {sorted(k.name.lower() for k in needs_seen)} need seen anomalies")
         self.normals, self.seen = list(normals), list(seen)
         self.image_size = int(image_size)
+        preload_images([s.image_path for s in self.normals + self.seen], self.image_size)  # read every epoch
         self.samples_per_epoch = int(samples_per_epoch)
         self.counts = kind_counts(self.samples_per_epoch, anomaly_ratio, weights)
         self.texture_source = texture_source
