@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -125,12 +126,15 @@ def _probe(path: Path) -> tuple[tuple[int, int] | None, str | None]:
         return None, getattr(err, "strerror", None) or str(err)
 
 
-def _mask_is_empty(path: Path, image_size: int | Sequence[int]) -> bool:
-    return not load_mask(path, image_size).any()
+def _mask_is_empty(path: Path, image_size: int | Sequence[int], options: dict[str, Any]) -> bool:
+    return not load_mask(path, image_size, **options).any()
 
 
-def check_splits(splits: CategorySplits, image_size: int | Sequence[int], *, threads: int | None = None) -> DataReport:
-    """Probe every image and mask of `splits` (train, test; validation and seen anomalies are drawn from them)."""
+def check_splits(splits: CategorySplits, image_size: int | Sequence[int], *, threads: int | None = None,
+                 **mask_options: Any) -> DataReport:
+    """Probe every image and mask of `splits` (train, test; validation and seen anomalies are drawn from them).
+
+    `mask_options` go to `load_mask` (e.g. the resize policy), so "empty" means empty as training sees the mask."""
     samples = list(splits.train) + list(splits.test)
     images = list(dict.fromkeys(s.image_path for s in samples))
     masks = list(dict.fromkeys(s.mask_path for s in samples if s.mask_path is not None))
@@ -145,6 +149,6 @@ def check_splits(splits: CategorySplits, image_size: int | Sequence[int], *, thr
         anomalies = [s for s in samples if s.label == ANOMALOUS and s.mask_path in sizes]
         report.resized_masks = [(s.mask_path, sizes[s.mask_path], sizes[s.image_path]) for s in anomalies
                                 if s.image_path in sizes and sizes[s.mask_path] != sizes[s.image_path]]
-        empty = list(pool.map(lambda s: _mask_is_empty(s.mask_path, image_size), anomalies))
+        empty = list(pool.map(lambda s: _mask_is_empty(s.mask_path, image_size, mask_options), anomalies))
     report.empty_masks = [s for s, is_empty in zip(anomalies, empty) if is_empty]
     return report
