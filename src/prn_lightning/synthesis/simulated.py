@@ -22,5 +22,10 @@ def sample_beta(batch: int, beta_range: tuple[float, float], *, generator: torch
 def simulate_anomalies(normal: torch.Tensor, source: torch.Tensor, mask: torch.Tensor,
                        beta: torch.Tensor) -> torch.Tensor:
     """S = (1 - M) * N + (1 - beta) * (M * A) + beta * (M * N) for normal N (B,3,H,W), source A (B,3,H,W),
-    mask M (B,1,H,W) in {0, 1} and beta (B,1,1,1)."""
-    return (1 - mask) * normal + (1 - beta) * (mask * source) + beta * (mask * normal)
+    mask M (B,1,H,W) in {0, 1} and beta (B,1,1,1).
+
+    With M exactly 0 or 1 the formula is N outside the mask and (1 - beta) * A + beta * N inside, bit for bit (the
+    other terms are exact zeros), so it is computed as that choice: three passes over the images instead of nine.
+    """
+    inside = (source * (1 - beta)).add_(normal * beta)
+    return torch.where(mask.bool(), inside, normal)
