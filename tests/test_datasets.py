@@ -5,9 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from prn_lightning.config_checks import config_problems
+from prn_lightning.data.datamodule import PRNDataModule
 from prn_lightning.data.datasets import SampleKind, TrainMixDataset
 from prn_lightning.data.sources.folder import read_folder_category
 from prn_lightning.data.sources.records import ANOMALOUS
@@ -98,3 +100,44 @@ def test_augmentation_keys_are_checked_with_the_config():
     assert config_problems({"data": data}) == [
         "data.source_augmentation.per_source=3 is not allowed: it must be at most the 2 ops listed in "
         "data.source_augmentation.ops"]
+
+
+@pytest.mark.parametrize("resize", ["squash", "keep-aspect"])
+def test_datamodule_takes_height_and_width(splits, resize):
+    """data.image_size=[64, 96]: every batch is 64 x 96; with keep-aspect the square images sit between black bands
+    of 16 px that are never defective, in training (extended pastes) and in evaluation."""
+    cfg = OmegaConf.load(REPO / "experiments" / "data" / "base.yaml").data
+    cfg.merge_with({"dataset": "folder", "root": str(splits.root), "category": "object", "image_size": [64, 96],
+                    "resize": resize, "num_seen_anomalies": 4, "batch_size": 8, "eval_batch_size": 8,
+                    "num_workers": 0, "val_fraction": 0.25, "samples_per_epoch": 32,
+                    "generation": {"seen": False, "extended": True, "simulated": False}})
+    dm = PRNDataModule(cfg, seed=0)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(0)
+    batches = [dm.on_after_batch_transfer(b, 0) for b in loader]
+    evaluation = list(dm.test_dataloader()) + list(dm.val_dataloader())
+    for batch in batches + evaluation:
+        assert batch["image"].shape[1:] == (3, 64, 96) and batch["mask"].shape[1:] == (1, 64, 96)
+    if resize == "keep-aspect":
+        for batch in batches + evaluation:
+            bands = torch.cat([batch["mask"][..., :16], batch["mask"][..., -16:]], -1)
+            assert not bands.any()
+        for batch in evaluation:
+            assert not torch.cat([batch["image"][..., :16], batch["image"][..., -16:]], -1).any()
+    assert sum(int(b["label"].sum()) for b in batches) == 16  # extended anomalies: every one landed in the image
+
+
+def test_a_run_config_from_before_the_new_keys_keeps_its_behaviour(splits):
+    """`prn test` of an older run: no data.resize / *_augmentation keys -> squash, geometric, no source ops."""
+    cfg = OmegaConf.load(REPO / "experiments" / "data" / "base.yaml").data
+    cfg.merge_with({"dataset": "folder", "root": str(splits.root), "category": "object", "image_size": 64,
+                    "num_seen_anomalies": 4, "num_workers": 0, "val_fraction": 0.25})
+    for key in ("resize", "seen_augmentation", "extended_defect_augmentation", "source_augmentation"):
+        del cfg[key]
+    OmegaConf.set_struct(cfg, True)
+    dm = PRNDataModule(cfg, seed=0)
+    dm.setup("fit")
+    assert dm.resize == "squash" and dm.train_dataset.texture_source.augmentation.per_source == 0
+    assert len(dm.train_dataset._seen_augmentation.transforms) == 5  # flips, turns, affine, colour
+    assert next(iter(dm.test_dataloader()))["image"].shape[1:] == (3, 64, 64)

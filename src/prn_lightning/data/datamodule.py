@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from prn_lightning.config_checks import check_data_config
+from prn_lightning.config_checks import check_data_config, image_size_hw
 from prn_lightning.data import seed_streams
 from prn_lightning.data.checks import DataReport, check_splits
 from prn_lightning.data.datasets import EvalDataset, SampleKind, TrainMixDataset
@@ -36,6 +36,7 @@ from prn_lightning.data.seen import read_seen_list, split_recorded_seen, split_s
 from prn_lightning.data.sources.records import Sample
 from prn_lightning.data.sources.registry import load_category
 from prn_lightning.errors import ConfigError, DatasetError
+from prn_lightning.imaging.tensors import unpadded_batch
 from prn_lightning.synthesis.augment import SourceAugmentation
 from prn_lightning.synthesis.extended import extend_anomalies
 from prn_lightning.synthesis.perlin import perlin_masks
@@ -118,7 +119,8 @@ class PRNDataModule(pl.LightningDataModule):
             return
         cfg = self.cfg
         check_data_config(cfg)
-        self.image_size = int(cfg.image_size)
+        self.image_size = image_size_hw(cfg.image_size)  # (H, W)
+        self.resize = str(cfg.get("resize", "squash"))  # .get: a run config from before the key had squash
         self.perlin = perlin_settings(cfg.perlin)
         self.beta_range = (float(cfg.beta[0]), float(cfg.beta[1]))
         anomaly_ratio = float(cfg.anomaly_ratio)
@@ -139,21 +141,23 @@ class PRNDataModule(pl.LightningDataModule):
         if seen_path is not None and not seen_path.exists() and world_size_and_rank()[1] == 0:
             write_seen_list(seen_path, self.seen_anomalies)
 
+        # .get with the behaviour of run configs from before these keys (`prn test`/resume of an older run)
+        source_augmentation = cfg.get("source_augmentation", {"ops": [], "per_source": 0})
         textures = TextureSource(resolve_texture_dir(cfg.texture_dir, cfg.root), self.image_size,
-                                 SourceAugmentation(list(cfg.source_augmentation.ops),
-                                                    int(cfg.source_augmentation.per_source)))
+                                 SourceAugmentation(list(source_augmentation["ops"]),
+                                                    int(source_augmentation["per_source"])))
         estimate_objects = cfg.foreground == "object" or (cfg.foreground == "auto" and not self.splits.is_texture)
         self.train_dataset = TrainMixDataset(
             self.train_normals, self.seen_anomalies, image_size=self.image_size,
             samples_per_epoch=self.samples_per_epoch, anomaly_ratio=anomaly_ratio, weights=weights,
-            texture_source=textures, estimate_objects=estimate_objects, seed=self.seed,
-            seen_augmentation=str(cfg.seen_augmentation),
-            extended_augmentation=str(cfg.extended_defect_augmentation))
-        self.val_dataset = EvalDataset(self.val_samples, self.image_size, simulated_per_sample=per_normal,
-                                       texture_source=textures, perlin=self.perlin, beta_range=self.beta_range,
-                                       seed=self.seed)
-        self.test_dataset = EvalDataset(self.test_samples, self.image_size, self.defect_types)
-        self.prototype_dataset = EvalDataset(self.train_normals, self.image_size)
+            texture_source=textures, estimate_objects=estimate_objects, seed=self.seed, resize=self.resize,
+            seen_augmentation=str(cfg.get("seen_augmentation", "geometric")),
+            extended_augmentation=str(cfg.get("extended_defect_augmentation", "geometric")))
+        self.val_dataset = EvalDataset(self.val_samples, self.image_size, resize=self.resize,
+                                       simulated_per_sample=per_normal, texture_source=textures, perlin=self.perlin,
+                                       beta_range=self.beta_range, seed=self.seed)
+        self.test_dataset = EvalDataset(self.test_samples, self.image_size, self.defect_types, resize=self.resize)
+        self.prototype_dataset = EvalDataset(self.train_normals, self.image_size, resize=self.resize)
 
     def _split_seen(self, num_seen: int) -> tuple[list[Sample], list[Sample]]:
         """(seen anomalies, test samples): drawn (never an anomaly with an empty mask), or the recorded list."""
@@ -238,6 +242,8 @@ class PRNDataModule(pl.LightningDataModule):
         if simulated.numel():
             mask[simulated] = perlin_masks(simulated.numel(), image.shape[-2], image.shape[-1], generator=generator,
                                            device=device, **self.perlin)
+            if self.resize == "keep-aspect":  # on the image, never on its padding (an emptied mask: label 0)
+                mask[simulated] *= unpadded_batch(image[simulated])
         beta = sample_beta(image.shape[0], self.beta_range, generator=generator, device=device)
         image = image.clone()
         if extended.numel():

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from prn_lightning.data import seed_streams
 from prn_lightning.data.image_cache import load_image, preload_images
 from prn_lightning.data.sources.records import ANOMALOUS, Sample
-from prn_lightning.imaging.tensors import image_to_tensor, load_mask, mask_to_tensor
+from prn_lightning.imaging.tensors import image_hw, image_to_tensor, load_mask, mask_to_tensor, unpadded, unpadded_batch
 from prn_lightning.synthesis.augment import augment_defect, defect_augmentation
 from prn_lightning.synthesis.extended import place_defect
 from prn_lightning.synthesis.foreground import estimate_foreground
@@ -77,7 +77,7 @@ def _cycled_permutation(rng: np.random.Generator, n: int, count: int) -> np.ndar
 class TrainMixDataset(Dataset):
     """One epoch of normal, seen, extended and simulated samples, indexed by (epoch, position).
 
-    Each record holds "image" (3,S,S) float in [0,1], "mask" (1,S,S), "kind" and "source" (3,S,S):
+    Each record holds "image" (3,H,W) float in [0,1], "mask" (1,H,W), "kind" and "source" (3,H,W):
     normal   -> the normal image, empty mask, zero source;
     seen     -> the seen anomaly and its mask after `seen_augmentation` (default photometric: still
                 pixel-registered with the prototypes), zero source;
@@ -87,9 +87,9 @@ class TrainMixDataset(Dataset):
     A plain integer index means epoch 0.
     """
 
-    def __init__(self, normals: Sequence[Sample], seen: Sequence[Sample], *, image_size: int,
+    def __init__(self, normals: Sequence[Sample], seen: Sequence[Sample], *, image_size: int | Sequence[int],
                  samples_per_epoch: int, anomaly_ratio: float, weights: dict[SampleKind, float],
-                 texture_source: TextureSource, estimate_objects: bool, seed: int,
+                 texture_source: TextureSource, estimate_objects: bool, seed: int, resize: str = "squash",
                  seen_augmentation: str = "photometric", extended_augmentation: str = "geometric") -> None:
         if not normals:
             raise ValueError("TrainMixDataset needs at least one normal training image")
@@ -97,15 +97,19 @@ class TrainMixDataset(Dataset):
         if needs_seen and not seen:
             raise ValueError(f"generation strategies {sorted(k.name.lower() for k in needs_seen)} need seen anomalies")
         self.normals, self.seen = list(normals), list(seen)
-        self.image_size = int(image_size)
-        preload_images([s.image_path for s in self.normals + self.seen], self.image_size)  # read every epoch
+        self.image_size = image_hw(image_size)
+        self.resize = resize
+        preload_images([s.image_path for s in self.normals + self.seen], self.image_size,  # read every epoch
+                       resize=self.resize)
         self.samples_per_epoch = int(samples_per_epoch)
         self.counts = kind_counts(self.samples_per_epoch, anomaly_ratio, weights)
         self.texture_source = texture_source
         self.estimate_objects = estimate_objects
         self.seed = int(seed)
-        self._seen_augmentation = defect_augmentation(seen_augmentation, "data.seen_augmentation")
-        self._extended_augmentation = defect_augmentation(extended_augmentation, "data.extended_defect_augmentation")
+        square = self.image_size[0] == self.image_size[1]
+        self._seen_augmentation = defect_augmentation(seen_augmentation, "data.seen_augmentation", square)
+        self._extended_augmentation = defect_augmentation(extended_augmentation, "data.extended_defect_augmentation",
+                                                          square)
         self._schedule: tuple[int, EpochSchedule] | None = None  # the last epoch's schedule (per worker)
 
     def __len__(self) -> int:
@@ -144,19 +148,24 @@ class TrainMixDataset(Dataset):
         plan = self.schedule(int(epoch))
         kind = SampleKind(int(plan.kinds[position]))
         rng = np.random.default_rng([self.seed, seed_streams.SAMPLE, int(epoch), int(position)])
-        size = self.image_size
-        source = np.zeros((size, size, 3), np.uint8)
+        source = np.zeros((*self.image_size, 3), np.uint8)
         if kind == SampleKind.SEEN:
             image, mask = self._augmented_seen(int(plan.primary[position]), rng, self._seen_augmentation)
         else:
-            image = load_image(self.normals[int(plan.primary[position])].image_path, size)
-            mask = np.zeros((size, size), np.uint8)
+            image = load_image(self.normals[int(plan.primary[position])].image_path, self.image_size,
+                               resize=self.resize)
+            mask = np.zeros(self.image_size, np.uint8)
             if kind == SampleKind.EXTENDED:
                 defect, defect_mask = self._augmented_seen(int(plan.secondary[position]), rng,
                                                            self._extended_augmentation)
                 foreground = (estimate_foreground(image) if self.estimate_objects
-                              else np.ones((size, size), bool))
+                              else np.ones(self.image_size, bool))
+                if self.resize == "keep-aspect":  # on the image, never on its padding
+                    foreground &= unpadded(image)
                 source, mask = place_defect(defect, defect_mask, foreground, rng)
+                if self.resize == "keep-aspect":
+                    mask *= foreground.astype(mask.dtype)
+                    source *= foreground[..., None].astype(source.dtype)
             elif kind == SampleKind.SIMULATED:
                 source = self._anomaly_source(rng)
         return {"image": image_to_tensor(image), "mask": mask_to_tensor(mask), "kind": int(kind),
@@ -165,8 +174,8 @@ class TrainMixDataset(Dataset):
     def _augmented_seen(self, index: int, rng: np.random.Generator,
                         pipeline: A.Compose | None) -> tuple[np.ndarray, np.ndarray]:
         sample = self.seen[index]
-        image = load_image(sample.image_path, self.image_size)
-        mask = load_mask(sample.mask_path, self.image_size)
+        image = load_image(sample.image_path, self.image_size, resize=self.resize)
+        mask = load_mask(sample.mask_path, self.image_size, self.resize)
         for _ in range(AUGMENT_RETRIES):
             out_image, out_mask = augment_defect(pipeline, image, mask, int(rng.integers(2**31)))
             if out_mask.any() or not mask.any():
@@ -177,11 +186,12 @@ class TrainMixDataset(Dataset):
         if self.texture_source.uses_textures:
             return self.texture_source.sample(rng)
         other = self.normals[int(rng.integers(len(self.normals)))]
-        return self.texture_source.sample(rng, normal_image=load_image(other.image_path, self.image_size))
+        return self.texture_source.sample(rng, normal_image=load_image(other.image_path, self.image_size,
+                                                                       resize=self.resize))
 
 
 class EvalDataset(Dataset):
-    """Evaluation records: "image" (3,S,S) in [0,1] (normalised on the device), "mask" (1,S,S), "label",
+    """Evaluation records: "image" (3,H,W) in [0,1] (the network normalises it), "mask" (1,H,W), "label",
     "defect_id" (-1 for normal and simulated, else index in `defect_types`), "image_path", "index".
 
     With `simulated_per_sample` > 0 (validation), the samples (held-out normals) are followed by that many simulated
@@ -189,13 +199,14 @@ class EvalDataset(Dataset):
     A simulated record carries its base normal's image_path, label 1 and defect_id -1 (no real defect type).
     """
 
-    def __init__(self, samples: Sequence[Sample], image_size: int, defect_types: Sequence[str] = (), *,
-                 simulated_per_sample: int = 0, texture_source: TextureSource | None = None,
+    def __init__(self, samples: Sequence[Sample], image_size: int | Sequence[int], defect_types: Sequence[str] = (),
+                 *, resize: str = "squash", simulated_per_sample: int = 0, texture_source: TextureSource | None = None,
                  perlin: dict | None = None, beta_range: tuple[float, float] = (0.0, 0.8), seed: int = 0) -> None:
         if simulated_per_sample and (texture_source is None or perlin is None):
             raise ValueError("EvalDataset with simulated anomalies needs a texture_source and perlin settings")
         self.samples = list(samples)
-        self.image_size = int(image_size)
+        self.image_size = image_hw(image_size)
+        self.resize = resize
         self.defect_ids = {name: i for i, name in enumerate(defect_types)}
         self.simulated_per_sample = int(simulated_per_sample)
         self.texture_source = texture_source
@@ -210,9 +221,9 @@ class EvalDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} outside the {len(self)} evaluation samples")
         sample = self.samples[index % len(self.samples)]
-        image = image_to_tensor(load_image(sample.image_path, self.image_size))
+        image = image_to_tensor(load_image(sample.image_path, self.image_size, resize=self.resize))
         if index < len(self.samples):
-            mask = mask_to_tensor(load_mask(sample.mask_path, self.image_size))
+            mask = mask_to_tensor(load_mask(sample.mask_path, self.image_size, self.resize))
             label = int(sample.label)
             defect_id = self.defect_ids[sample.defect_type] if label == ANOMALOUS else -1
         else:
@@ -222,15 +233,20 @@ class EvalDataset(Dataset):
                 "image_path": str(sample.image_path), "index": index}
 
     def _simulated(self, image: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        size = self.image_size
         rng = np.random.default_rng([self.seed, seed_streams.VALIDATION, index])
         generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-        mask = perlin_masks(1, size, size, generator=generator, device="cpu", **self.perlin)
+        mask = perlin_masks(1, *self.image_size, generator=generator, device="cpu", **self.perlin)
+        if self.resize == "keep-aspect":  # on the image, never on its padding (redrawn if it fell there)
+            inside = unpadded_batch(image[None])
+            mask *= inside
+            while not mask.any():
+                mask = inside * perlin_masks(1, *self.image_size, generator=generator, device="cpu", **self.perlin)
         beta = sample_beta(1, self.beta_range, generator=generator, device="cpu")
         if self.texture_source.uses_textures:
             source = self.texture_source.sample(rng)
         else:
             other = self.samples[int(rng.integers(len(self.samples)))]
-            source = self.texture_source.sample(rng, normal_image=load_image(other.image_path, size))
+            source = self.texture_source.sample(rng, normal_image=load_image(other.image_path, self.image_size,
+                                                                             resize=self.resize))
         blended = simulate_anomalies(image[None], image_to_tensor(source)[None], mask, beta)
         return blended[0], mask[0]

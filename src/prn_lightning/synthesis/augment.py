@@ -34,11 +34,13 @@ def seed_pipeline(pipeline: A.Compose, seed: int) -> None:
         transform.set_random_seed(int(child))
 
 
-def defect_augmentation(mode: str, key: str = "data.seen_augmentation") -> A.Compose | None:
+def defect_augmentation(mode: str, key: str = "data.seen_augmentation", square: bool = True) -> A.Compose | None:
     """The pipeline of a seen anomaly (image and mask) for `mode`; `key` names the config value in errors.
 
     photometric: colour jitter on the image only; image and mask stay where they are (pixel-registered).
-    geometric:   flips, 90-degree turns and a small affine scale/rotation (image and mask), then the colour jitter.
+    geometric:   flips, 90-degree turns (only for `square` images: a turn would change a non-square image's shape;
+                 the two flips together still give the 180-degree turn) and a small affine scale/rotation (image and
+                 mask), then the colour jitter.
     none:        no augmentation (None).
     """
     if mode not in DEFECT_AUGMENTATIONS:
@@ -49,10 +51,11 @@ def defect_augmentation(mode: str, key: str = "data.seen_augmentation") -> A.Com
     colour = A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.7)
     if mode == "photometric":
         return A.Compose([colour])
+    turns = [A.RandomRotate90(p=0.5)] if square else []
     return A.Compose([
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
-        A.RandomRotate90(p=0.5),
+        *turns,
         A.Affine(scale=(0.8, 1.2), keep_ratio=True, rotate=(-15, 15), interpolation=cv2.INTER_LINEAR,
                  mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_REFLECT_101, p=0.7),
         colour,
@@ -70,12 +73,11 @@ def augment_defect(pipeline: A.Compose | None, image: np.ndarray, mask: np.ndarr
 
 
 def source_augmentation() -> A.Compose:
-    """Anomaly source from a normal image (no texture folder): strong colour change and rotation, so it differs
-    visibly from the image it is blended into."""
+    """Anomaly source from a normal image (no texture folder; the crop is already turned): flips and a strong colour
+    change, so it differs visibly from the image it is blended into. Keeps the image's shape."""
     return A.Compose([
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
-        A.RandomRotate90(p=1.0),
         A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.6, hue=0.5, p=1.0),
         A.InvertImg(p=0.3),
     ])

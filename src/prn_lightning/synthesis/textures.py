@@ -7,16 +7,17 @@ augmenters (`SourceAugmentation`, `data.source_augmentation`), so simulated anom
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from prn_lightning.errors import ConfigError
 from prn_lightning.imaging.io import is_image_file, read_image
-from prn_lightning.imaging.tensors import resize_image
+from prn_lightning.imaging.tensors import image_hw, resize_image
 from prn_lightning.synthesis.augment import SourceAugmentation, augment_source, source_augmentation
 
-MIN_CROP = 0.5  # crops cover 50-100 % of the texture's shorter side
+MIN_CROP = 0.5  # crops cover 50-100 % of the largest crop of the output's aspect
 
 
 def resolve_texture_dir(texture_dir: str | Path | None, data_root: str | Path) -> Path | None:
@@ -32,11 +33,11 @@ def resolve_texture_dir(texture_dir: str | Path | None, data_root: str | Path) -
 
 
 class TextureSource:
-    """Random anomaly-source images of `image_size` x `image_size`, RGB uint8, from a folder or from normals."""
+    """Random anomaly-source images of `image_size` (an int or (H, W)), RGB uint8, from a folder or from normals."""
 
-    def __init__(self, texture_dir: str | Path | None, image_size: int,
+    def __init__(self, texture_dir: str | Path | None, image_size: int | Sequence[int],
                  augmentation: SourceAugmentation | None = None) -> None:
-        self.image_size = int(image_size)
+        self.image_size = image_hw(image_size)
         self.augmentation = augmentation
         self.paths: list[Path] = []
         if texture_dir is not None:
@@ -66,10 +67,14 @@ class TextureSource:
         return source if self.augmentation is None else self.augmentation(source, rng)
 
     def _random_crop(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Square crop of 50-100 % of the shorter side at a random place, random quarter turn, resized."""
+        """A random quarter turn of a crop with the output's aspect (after the turn), 50-100 % of the largest such
+        crop, at a random place, resized to the output size (so a texture is never stretched)."""
         height, width = image.shape[:2]
-        side = max(1, int(round(min(height, width) * rng.uniform(MIN_CROP, 1.0))))
-        top = int(rng.integers(height - side + 1))
-        left = int(rng.integers(width - side + 1))
-        crop = np.rot90(image[top:top + side, left:left + side], k=int(rng.integers(4)))
+        turns = int(rng.integers(4))
+        out_h, out_w = self.image_size if turns % 2 == 0 else self.image_size[::-1]
+        scale = min(height / out_h, width / out_w) * rng.uniform(MIN_CROP, 1.0)
+        crop_h, crop_w = (min(size, max(1, int(round(out * scale)))) for size, out in ((height, out_h), (width, out_w)))
+        top = int(rng.integers(height - crop_h + 1))
+        left = int(rng.integers(width - crop_w + 1))
+        crop = np.rot90(image[top:top + crop_h, left:left + crop_w], k=turns)
         return resize_image(np.ascontiguousarray(crop), self.image_size)
