@@ -11,6 +11,7 @@ from prn_lightning.imaging.tensors import (
     image_hw,
     load_image,
     load_mask,
+    map_to_image,
     resize_image,
     resize_mask,
     unpadded,
@@ -106,3 +107,15 @@ def test_unpadded_finds_the_image_inside_its_padding():
     masks = unpadded_batch(batch)
     assert masks.shape == (2, 1, 16, 24)
     assert np.array_equal(masks[0, 0].numpy(), expected) and np.array_equal(masks[1, 0].numpy(), expected[::-1])
+
+
+@pytest.mark.parametrize("size, resize", [(256, "squash"), ((96, 160), "keep-aspect"), (64, "keep-aspect")])
+def test_a_map_goes_back_to_the_image_it_came_from(tmp_path, size, resize):
+    """The bar's mask, taken to the input size and back with `map_to_image`, lands on the bar again."""
+    _, mask_path = portrait(tmp_path)
+    small = load_mask(mask_path, size, resize).astype(np.float32)
+    back = map_to_image(small, 630, 250, resize)
+    assert back.shape == (630, 250)
+    rows, cols = np.nonzero(back > 0.5)
+    pixel = max(630 / image_hw(size)[0], 250 / image_hw(size)[1])  # one input pixel, in image pixels
+    assert abs(rows.mean() - 302.5) < pixel and abs(cols.mean() - 119.5) < pixel

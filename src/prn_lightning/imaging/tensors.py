@@ -84,6 +84,13 @@ def load_mask(path: str | Path | None, size: Size, resize: str = "squash") -> np
     return resize_mask(read_mask(path), size, resize)
 
 
+def map_to_image(amap: np.ndarray, height: int, width: int, resize: str = "squash") -> np.ndarray:
+    """An anomaly map (H, W) at the input size, back at an image's own `height` x `width`: its content box cut out
+    of the padding (keep-aspect), then resized bilinearly."""
+    top, left, box_h, box_w = content_box(height, width, amap.shape[:2], resize)
+    return cv2.resize(amap[top:top + box_h, left:left + box_w], (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def unpadded(image: np.ndarray) -> np.ndarray:
     """Bool (H, W): the pixels whose row and column both hold a non-black pixel of the RGB `image` (H, W, 3), i.e.
     not the black padding of keep-aspect. Synthesised defects are kept there, never on the padding."""
