@@ -209,6 +209,10 @@ class PRNDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         world, rank = world_size_and_rank()
         self.train_sampler = EpochScheduleSampler(len(self.train_dataset), world, rank)
+        if self.trainer is not None:
+            # With loader workers the first epoch's indices are drawn before Lightning's set_epoch: start at the
+            # epoch the loop will run (a resumed run does not begin at epoch 0)
+            self.train_sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         if self._resume_point is not None:
             epoch, batches = self._resume_point
             self.train_sampler.skip(epoch, batches * int(self.cfg.batch_size))
