@@ -25,9 +25,12 @@ def make_run(run_dir: Path, overrides: list[str], level: float) -> None:
     metrics = {name: level for name in METRIC_NAMES}
     (run_dir / "metrics.json").write_text(json.dumps(
         {**metrics, "dataset": "synthetic", "category": str(cfg.data.category), "seed": int(cfg.seed)}))
+    columns = ["train/loss", "val/loss", "val/pixel_ap", "val/image_auroc"]
+    if int(cfg.seed) == 1:  # a run directory from before the train/ val/ names
+        columns = [c.replace("/", "_") for c in columns]
     with (run_dir / "history.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["epoch", "step", "train_loss", "val_loss", "val_pixel_ap", "val_image_auroc"])
+        writer.writerow(["epoch", "step", *columns])
         for epoch in range(3):
             writer.writerow([epoch, 5 * (epoch + 1), 1 / (epoch + 1), 1.2 / (epoch + 1), "", level * epoch / 2])
     rng = np.random.default_rng(int(cfg.seed))
@@ -106,7 +109,16 @@ def test_wandb_report_has_the_swept_value_category_loss_and_map_panels() -> None
             assert (key, f"test/{metric}") in scatter_axes
     bars = [p for p in panels if isinstance(p, wr.BarPlot)]
     assert bars and bars[0].groupby == wr.Config("data.category")
-    assert any(isinstance(p, wr.LinePlot) and "val_loss" in p.y for p in panels)
+    assert any(isinstance(p, wr.LinePlot) and "val/loss" in p.y for p in panels)
     assert any(isinstance(p, wr.MediaBrowser) and p.media_keys == ["test/anomaly_maps"] for p in panels)
     runsets = {(rs.entity, rs.project) for block in report.blocks for rs in getattr(block, "runsets", [])}
     assert runsets == {("my-team", "prn-lightning")}
+
+
+def test_loss_curves_read_old_and_new_history_columns(runs_dir: Path) -> None:
+    from prn_lightning.workflows.dashboard import _read_history
+
+    for seed in (0, 1):  # seed 1 wrote `val_pixel_ap`, seed 0 `val/pixel_ap`
+        history = _read_history(runs_dir / "texture" / "num_seen_anomalies-1" / f"seed{seed}" / "history.csv")
+        assert set(history) == {"train/loss", "val/loss", "val/image_auroc"}  # val/pixel_ap: empty cells
+        assert [epoch for epoch, _ in history["train/loss"]] == [0.0, 1.0, 2.0]

@@ -51,7 +51,12 @@ def test_run_directory_is_complete(finished_run: Path):
         assert (finished_run / name).is_file(), name
     assert (finished_run / "checkpoints" / "last.ckpt").is_file()
     assert (finished_run / "checkpoints" / "best.ckpt").is_file()
+    assert {p.name for p in finished_run.iterdir()} == {  # what a run has always left, nothing more
+        "config.yaml", "seen_anomalies.txt", "checkpoints", "history.csv", "metrics.json", "per_defect.csv",
+        "curves.png", "maps", "wandb"}
     metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert set(metrics) == {*METRIC_KEYS, "num_test_images", "num_seen_anomalies", "dataset", "category", "seed",
+                            "image_threshold", "checkpoint", "epochs", "wall_time_s", "prototypes_per_stage"}
     for key in METRIC_KEYS:
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["num_seen_anomalies"] == 4
@@ -61,7 +66,8 @@ def test_run_directory_is_complete(finished_run: Path):
     with (finished_run / "history.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert all(r["train_loss"] and r["val_loss"] and float(r["epoch_time_s"]) > 0 for r in rows)
+    assert all(r["train/loss"] and r["val/loss"] and r["val/pixel_ap"] and r["train/lr"] for r in rows)
+    assert all(float(r["epoch_time_s"]) > 0 for r in rows)
     with (finished_run / "per_defect.csv").open() as handle:
         per_defect = list(csv.DictReader(handle))
     assert per_defect and all(r["defect_type"] != "good" for r in per_defect)
@@ -73,8 +79,8 @@ def test_offline_wandb_run_holds_metrics_tables_and_images(finished_run: Path):
     run = runs[0]
     summary_files = list(run.rglob("wandb-summary.json"))
     data = b"".join(p.read_bytes() for p in run.rglob("*.wandb"))
-    assert b"test/image_auroc" in data and b"test/pro" in data and b"val_pixel_ap" in data
-    assert b"train_loss" in data and b"lr-" in data
+    assert b"test/image_auroc" in data and b"test/pro" in data and b"val/pixel_ap" in data
+    assert b"train/loss" in data  # per epoch; train/lr is logged per step (every trainer.log_every_n_steps)
     media = [p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()]
     assert any("media/images/test/anomaly_maps" in m for m in media), media
     assert any("media/table/test/per_defect" in m for m in media), media

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
@@ -21,11 +21,22 @@ GROUPS = ("data", "model", "trainer", "logger")
 
 
 def experiments_dir() -> Path:
-    """The folder with the YAML configs: $PRN_EXPERIMENTS_DIR, else `experiments/` of this checkout."""
+    """The folder with the YAML configs: $PRN_EXPERIMENTS_DIR, else `experiments/` of the checkout this package runs
+    from (an editable install), else `experiments/` in the working directory (an installed package run from a
+    clone); a ConfigError saying where it looked when none has default.yaml."""
     env = os.environ.get("PRN_EXPERIMENTS_DIR")
     if env:
+        if not (Path(env) / "default.yaml").is_file():
+            raise ConfigError(f"PRN_EXPERIMENTS_DIR={env} holds no default.yaml; point it at the experiments/ folder "
+                              "of prn-lightning")
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "experiments"
+    candidates = [Path(__file__).resolve().parents[2] / "experiments", Path.cwd() / "experiments"]
+    for candidate in candidates:
+        if (candidate / "default.yaml").is_file():
+            return candidate
+    raise ConfigError(f"no experiments/ folder with default.yaml in {candidates[1].parent} (the configs are not part "
+                      "of the installed package): run prn from a clone of prn-lightning, or set "
+                      "PRN_EXPERIMENTS_DIR=<clone>/experiments")
 
 
 def _load_yaml(path: Path) -> DictConfig:

@@ -165,9 +165,11 @@ RULES: dict[str, Rule] = {
     "model.optimizer.name": choice("adam", "adamw", "sgd"),
     "model.optimizer.lr": number(0.0, low_open=True),
     "model.optimizer.weight_decay": number(0.0),
-    "model.scheduler.name": choice("none", "cosine", "step"),
+    "model.scheduler.name": choice("none", "cosine", "step", "warmup_cosine"),
     "model.scheduler.step_size": integer(1),
     "model.scheduler.gamma": number(0.0, low_open=True),
+    "model.scheduler.warmup_steps": integer(0),
+    "model.scheduler.min_lr": number(0.0),
     "model.monitor": TEXT,
     # trainer
     "trainer.accelerator": TEXT,

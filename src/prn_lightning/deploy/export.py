@@ -66,14 +66,13 @@ def model_from_checkpoint(ckpt: str | Path) -> tuple[ExportableModel, ModelMetad
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist; pass ckpt=runs/.../checkpoints/best.ckpt")
     module = PRNModule.from_checkpoint(ckpt)
-    cfg = module.cfg
     network: PRNNetwork = module.network
-    model = ExportableModel(network, int(cfg.model.topk), float(cfg.model.map_smoothing_sigma))
+    model = ExportableModel(network, module.topk, module.map_smoothing_sigma)
     metadata = ModelMetadata(
         image_size=tuple(network.image_size),
         threshold=float(module.image_threshold),
         backbone=network.backbone.name,
-        num_seen_anomalies=int(cfg.data.num_seen_anomalies),
+        num_seen_anomalies=int(module.run_config["data"]["num_seen_anomalies"]),
         topk=model.topk,
         map_smoothing_sigma=model.map_smoothing_sigma,
         prototypes_per_stage=network.prototypes.counts() if network.prototypes is not None else [],

@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from prn_lightning.metrics.names import LOSS, METRICS, TRAIN, VAL, key  # noqa: E402
+
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically so that a reader (sweep runner, table) never sees half a file."""
@@ -53,15 +55,22 @@ def plot_curves(path: Path, curves: dict[str, Any], metrics: dict[str, float], f
     plt.close(fig)
 
 
+def _panel_orders(scores: torch.Tensor, labels: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Anomalies by ascending score and normals by descending score; ties keep the input order (stable sorts), so
+    the choice is the same whichever process or batch saw an image first."""
+    anomalies = torch.nonzero(labels == 1).flatten()
+    normals = torch.nonzero(labels == 0).flatten()
+    low_anomalies = anomalies[torch.argsort(scores[anomalies], stable=True)].tolist()
+    high_normals = normals[torch.argsort(scores[normals], descending=True, stable=True)].tolist()
+    return low_anomalies, high_normals
+
+
 def select_panel_indices(scores: torch.Tensor, labels: torch.Tensor, count: int) -> list[tuple[int, str]]:
     """Worst false negatives (lowest-scoring anomalies), worst false positives (highest-scoring normals), then
     the most confident detections: the images a person should look at first."""
     if count <= 0 or scores.numel() == 0:
         return []
-    anomalies = torch.nonzero(labels == 1).flatten()
-    normals = torch.nonzero(labels == 0).flatten()
-    low_anomalies = anomalies[torch.argsort(scores[anomalies])].tolist()
-    high_normals = normals[torch.argsort(scores[normals], descending=True)].tolist()
+    low_anomalies, high_normals = _panel_orders(scores, labels)
     chosen: list[tuple[int, str]] = []
     per_kind = max(1, count // 3)
     chosen += [(i, "worst-false-negative") for i in low_anomalies[:per_kind]]
@@ -70,6 +79,16 @@ def select_panel_indices(scores: torch.Tensor, labels: torch.Tensor, count: int)
     rest = [i for i in reversed(low_anomalies) if i not in taken]
     chosen += [(i, "detection") for i in rest[: count - len(chosen)]]
     return chosen[:count]
+
+
+def panel_candidates(scores: torch.Tensor, labels: torch.Tensor, count: int) -> set[int]:
+    """Positions that `select_panel_indices` may still choose once more images are scored: the `count` lowest- and
+    highest-scoring anomalies and the `count` highest-scoring normals. What it chooses from all images is among the
+    union of these sets over any split of the images (each order is total)."""
+    if count <= 0:
+        return set()
+    low_anomalies, high_normals = _panel_orders(scores, labels)
+    return set(low_anomalies[:count]) | set(low_anomalies[-count:]) | set(high_normals[:count])
 
 
 def render_panel(
@@ -96,7 +115,7 @@ def render_panel(
 
 
 class HistoryWriter(pl.Callback):
-    """Appends one row per epoch (losses, learning rate, validation metrics) to history.csv in the run dir."""
+    """Appends one row per epoch (losses, learning rate, validation metrics: `train/...`, `val/...`) to history.csv."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -110,18 +129,15 @@ class HistoryWriter(pl.Callback):
             return
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                "epoch_time_s": round(time.monotonic() - self._epoch_started, 1)}  # training + validation
-        for key, value in sorted(trainer.callback_metrics.items()):
-            if key.endswith("_step") or key.startswith("lr-"):  # lr is recorded below, per optimiser
-                continue
-            row[key.removesuffix("_epoch")] = float(value)
-        for index, optimiser in enumerate(trainer.optimizers):
-            row[f"lr{index if index else ''}"] = optimiser.param_groups[0]["lr"]
+        for name, value in sorted(trainer.callback_metrics.items()):
+            if not name.endswith("_step"):
+                row[name.removesuffix("_epoch")] = float(value)
         rows = []
         if self.path.exists():
             with self.path.open(newline="") as handle:
                 rows = list(csv.DictReader(handle))
         rows = [r for r in rows if int(r["epoch"]) < trainer.current_epoch] + [row]
-        shown = ("train_loss", "val_loss", "val_image_auroc", "val_pixel_auroc", "val_pixel_ap", "val_pro")
+        shown = [key(TRAIN, LOSS), key(VAL, LOSS)] + [key(VAL, m.name) for m in METRICS]
         if trainer.progress_bar_callback is None:  # logs, CI, sbatch: one line per epoch instead of a bar
             print(f"epoch {row['epoch']}: " + ", ".join(f"{k}={row[k]:.4f}" for k in shown if k in row), flush=True)
         columns = list(dict.fromkeys(k for r in rows for k in r))

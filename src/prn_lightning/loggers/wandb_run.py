@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import netrc
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from prn_lightning.data.sources.records import Sample
 from prn_lightning.errors import ConfigError
 
 
@@ -58,3 +60,10 @@ def make_wandb_logger(cfg: DictConfig, run_dir: Path, job_type: str = "train") -
         group=f"{cfg.data.dataset}-{cfg.data.category}",
         config=OmegaConf.to_container(cfg, resolve=True),
     )
+
+
+def log_seen_anomalies(logger: WandbLogger | None, seen: Sequence[Sample]) -> None:
+    """The seen anomalies (moved from the test set into training) as a W&B table, when there is a logger."""
+    if logger is not None and seen:
+        logger.log_table("seen_anomalies", columns=["image_path", "defect_type"],
+                         data=[[str(s.image_path), s.defect_type] for s in seen])

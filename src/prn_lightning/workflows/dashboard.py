@@ -20,17 +20,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from prn_lightning.metrics import names  # noqa: E402
 from prn_lightning.workflows.table import (  # noqa: E402
     MEAN_ROW,
     METRICS,
     FinishedRun,
     ResultTable,
-    format_value,
     find_runs,
+    format_value,
     summarise,
     table_cells,
 )
@@ -38,11 +39,15 @@ from prn_lightning.workflows.table import (  # noqa: E402
 WANDB_PROJECT_PATTERN = re.compile(r"^[\w.-]+/[\w.-]+$")
 MAX_MAP_PANELS = 12
 MAX_LEGEND_ENTRIES = 12
-# What the train workflow logs to W&B (see workflows/train.py): test metrics, epoch losses, anomaly-map panels.
-WANDB_TEST_PREFIX = "test/"
-WANDB_LOSS_KEYS = ("train_loss_epoch", "val_loss")
-WANDB_VAL_KEYS = ("val_pixel_ap", "val_image_auroc")
-WANDB_MAPS_KEY = "test/anomaly_maps"
+# What a run logs to W&B (PRNModule, loggers/test_report.py): test metrics, epoch losses, anomaly-map panels.
+WANDB_LOSS_KEYS = (names.key(names.TRAIN, names.LOSS) + "_epoch", names.key(names.VAL, names.LOSS))
+WANDB_VAL_KEYS = (names.key(names.VAL, "pixel_ap"), names.key(names.VAL, "image_auroc"))
+WANDB_MAPS_KEY = names.key(names.TEST, "anomaly_maps")
+# history.csv columns drawn as loss curves, with their titles
+HISTORY_PANELS = ((names.key(names.TRAIN, names.LOSS), "training loss"),
+                  (names.key(names.VAL, names.LOSS), "validation loss"),
+                  (names.key(names.VAL, "pixel_ap"), "validation pixel AP"),
+                  (names.key(names.VAL, "image_auroc"), "validation image AUROC"))
 WANDB_SWEPT_KEYS = ("model.prototype_ratio", "data.num_seen_anomalies")
 
 
@@ -109,13 +114,14 @@ def plot_metric_vs_key(table: ResultTable, key: str, path: Path) -> Path:
         rest = tuple(v for i, v in enumerate(row.setting) if i != index)
         lines.setdefault(rest, []).append(row)
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
-    for ax, (_, letter) in zip(axes, METRICS):
+    for ax, (_, letter, _) in zip(axes, METRICS):
         for rest, line in lines.items():
             line = sorted(line, key=lambda r: r.setting[index])
             xs = [r.setting[index] for r in line]
             ys = [r.values[letter] for r in line]
             errors = [r.stds[letter] or 0.0 for r in line]
-            ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=_setting_label(others, rest) if others else None)
+            label = _setting_label(others, rest) if others else None
+            ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label)
         xs_all = [r.setting[index] for r in rows]
         if min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
             ax.set_xscale("log")
@@ -137,7 +143,7 @@ def plot_per_category(table: ResultTable, path: Path) -> Path:
     width = 0.8 / len(settings)
     fig, axes = plt.subplots(4, 1, figsize=(max(8.0, 0.9 * len(categories) * max(1, len(settings) / 3)), 11),
                              sharex=True)
-    for ax, (_, letter) in zip(axes, METRICS):
+    for ax, (_, letter, _) in zip(axes, METRICS):
         for number, setting in enumerate(settings):
             cells = {row.category: row for row in rows if row.setting == setting}
             xs = [i + (number - (len(settings) - 1) / 2) * width for i, c in enumerate(categories) if c in cells]
@@ -154,15 +160,16 @@ def plot_per_category(table: ResultTable, path: Path) -> Path:
 
 
 def _read_history(path: Path) -> dict[str, list[tuple[float, float]]]:
-    """history.csv as column -> [(epoch, value)], skipping empty cells (not every metric is logged every epoch)."""
+    """history.csv as column -> [(epoch, value)], skipping empty cells (not every metric is logged every epoch).
+    Columns of runs from before the `train/`, `val/` names (`val_pixel_ap`) are read under the current ones."""
     series: dict[str, list[tuple[float, float]]] = {}
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
-            for key, value in row.items():
-                if key in ("epoch", "step") or value in ("", None):
+            for column, value in row.items():
+                if column in ("epoch", "step") or value in ("", None):
                     continue
                 try:
-                    series.setdefault(key, []).append((float(row["epoch"]), float(value)))
+                    series.setdefault(names.stage_key(column), []).append((float(row["epoch"]), float(value)))
                 except (TypeError, ValueError):
                     continue
     return series
@@ -175,9 +182,7 @@ def plot_loss_curves(table: ResultTable, runs: list[FinishedRun], path: Path) ->
     histories = [(run, h) for run, h in histories if h]
     if not histories:
         return None
-    panels = [("train_loss", "training loss"), ("val_loss", "validation loss"),
-              ("val_pixel_ap", "validation pixel AP"), ("val_image_auroc", "validation image AUROC")]
-    panels = [(key, title) for key, title in panels if any(key in h for _, h in histories)]
+    panels = [(column, title) for column, title in HISTORY_PANELS if any(column in h for _, h in histories)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
         for run, history in histories:
@@ -287,7 +292,7 @@ def _import_reports():
 def make_wandb_report(entity: str, project: str):
     """A W&B report over every run of ENTITY/PROJECT: metrics vs swept values, per category, losses, anomaly maps."""
     wr = _import_reports()
-    metric = {letter: wr.SummaryMetric(f"{WANDB_TEST_PREFIX}{name}") for name, letter in METRICS}
+    metric = {letter: wr.SummaryMetric(names.key(names.TEST, name)) for name, letter, _ in METRICS}
     vs_swept = [
         wr.ScatterPlot(title=f"{letter} vs {key}", x=wr.Config(key), y=summary, running_ymean=True,
                        layout=wr.Layout(x=6 * (i % 4), y=0, w=6, h=6))

@@ -93,7 +93,7 @@ def run_predict(
 
     module = PRNModule.from_checkpoint(ckpt)
     module.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
-    size = int(module.cfg.data.image_size)
+    size = int(module.network.image_size[0])  # square: data.image_size
     threshold = float(module.image_threshold)
 
     rows = []

@@ -18,7 +18,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-METRICS = (("image_auroc", "I"), ("pixel_auroc", "P"), ("pro", "O"), ("pixel_ap", "A"))
+from prn_lightning.metrics.names import METRICS
+
 MEAN_ROW = "mean"
 SWEEP_KEY = "sweep"  # group key naming the sweep of a run when a table spans several sweeps
 # Bookkeeping keys that differ between runs without being an experimental setting.
@@ -80,7 +81,7 @@ class ResultTable:
     def headers(self) -> list[str]:
         leaves = [key.rsplit(".", 1)[-1] for key in self.keys]
         names = leaves if len(set(leaves)) == len(leaves) else self.keys
-        return [*names, "category", *(letter for _, letter in METRICS), "seeds"]
+        return [*names, "category", *(letter for _, letter, _ in METRICS), "seeds"]
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -186,7 +187,7 @@ def summarise(runs: list[FinishedRun]) -> ResultTable:
         per_category = cells[setting]
         for category in sorted(per_category):
             group = per_category[category]
-            stats = {letter: _mean_std(list(_per_seed(group, name).values())) for name, letter in METRICS}
+            stats = {letter: _mean_std(list(_per_seed(group, name).values())) for name, letter, _ in METRICS}
             rows.append(TableRow(setting, category, sorted({r.seed for r in group}, key=str),
                                  {k: m for k, (m, _) in stats.items()}, {k: s for k, (_, s) in stats.items()}, group))
         if len(per_category) > 1:
@@ -198,7 +199,7 @@ def _mean_row(setting: tuple, per_category: dict[str, list[FinishedRun]]) -> Tab
     """Mean over categories; its std is over seeds of the per-seed category means (seeds present everywhere)."""
     common = set.intersection(*({r.seed for r in group} for group in per_category.values()))
     values, stds = {}, {}
-    for name, letter in METRICS:
+    for name, letter, _ in METRICS:
         per_category_seed = [_per_seed(group, name) for group in per_category.values()]
         values[letter] = _mean_std([_mean_std(list(p.values()))[0] for p in per_category_seed])[0]
         stds[letter] = _mean_std([_mean_std([p[s] for p in per_category_seed])[0] for s in common])[1]
@@ -223,7 +224,7 @@ def table_cells(table: ResultTable) -> list[list[str]]:
     lines = []
     for row in table.rows:
         category = f"**{row.category}**" if row.category == MEAN_ROW else row.category
-        metrics = [_cell(row.values[letter], row.stds[letter]) for _, letter in METRICS]
+        metrics = [_cell(row.values[letter], row.stds[letter]) for _, letter, _ in METRICS]
         lines.append([*map(format_value, row.setting), category, *metrics, str(len(row.seeds))])
     return lines
 
@@ -238,14 +239,14 @@ def to_markdown(table: ResultTable) -> str:
 def write_csv(table: ResultTable, path: Path) -> Path:
     """Machine-readable: one column per key, then each metric's mean and std in percent."""
     columns = [*table.keys, "category", "num_runs", "seeds"]
-    for _, letter in METRICS:
+    for _, letter, _ in METRICS:
         columns += [letter, f"{letter}_std"]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for row in table.rows:
             line = [*row.setting, row.category, len(row.runs), " ".join(map(str, row.seeds))]
-            for _, letter in METRICS:
+            for _, letter, _ in METRICS:
                 std = row.stds[letter]
                 line += ["" if math.isnan(row.values[letter]) else round(row.values[letter], 3),
                          "" if std is None else round(std, 3)]

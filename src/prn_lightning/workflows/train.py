@@ -13,26 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
-from prn_lightning.data.datamodule import PRNDataModule
 from prn_lightning.config import apply_overrides
-from prn_lightning.loggers.console import print_summary
-from prn_lightning.loggers.run_artifacts import (
-    HistoryWriter,
-    plot_curves,
-    render_panel,
-    select_panel_indices,
-    write_json,
-    write_per_defect_csv,
-)
-from prn_lightning.loggers.wandb_run import make_wandb_logger
-from prn_lightning.models.prn.lightning_module import PRNModule
+from prn_lightning.data.datamodule import PRNDataModule
+from prn_lightning.loggers.run_artifacts import HistoryWriter
+from prn_lightning.loggers.test_report import TestReport
+from prn_lightning.loggers.wandb_run import log_seen_anomalies, make_wandb_logger
+from prn_lightning.metrics.names import stage_key
+from prn_lightning.models.prn.lightning_module import CheckpointError, PRNModule
+from prn_lightning.workflows.module_factory import build_module
 
 RUN_DIR_ENV = "PRN_RUN_DIR"  # lets DDP ranks re-launched by Lightning find the directory rank 0 created
 
@@ -104,28 +97,24 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
 
     datamodule = PRNDataModule(cfg.data, seed=cfg.seed, run_dir=run_dir)
     datamodule.setup("fit")  # the module's test metrics need the defect types; setup is idempotent
-    module = PRNModule(cfg, defect_types=datamodule.defect_types)
+    module = build_module(cfg, defect_types=datamodule.defect_types)
     module.set_prototype_images(datamodule.prototype_dataloader())
     logger = make_wandb_logger(cfg, run_dir, job_type="train")
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor=cfg.model.monitor, mode="max", save_last=True, save_top_k=1
-    )
-    callbacks: list[pl.Callback] = [checkpoint, HistoryWriter(run_dir / "history.csv")]
-    if logger is not None:
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    trainer = build_trainer(cfg, run_dir, logger, callbacks)
+    log_seen_anomalies(logger, datamodule.seen_anomalies)
+    # `val_pixel_ap` in configs from before the train/ val/ test/ names means `val/pixel_ap`
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=stage_key(cfg.model.monitor),
+                                 mode="max", save_last=True, save_top_k=1)
+    report = TestReport(run_dir, cfg.logger.num_map_panels, _run_info(cfg, datamodule), started=started)
+    trainer = build_trainer(cfg, run_dir, logger, [checkpoint, HistoryWriter(run_dir / "history.csv"), report])
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
 
     test_ckpt = checkpoint.best_model_path or checkpoint.last_model_path or None
+    report.run_info.update({
+        "checkpoint": Path(test_ckpt).name if test_ckpt else None,
+        "epochs": trainer.current_epoch,
+        "prototypes_per_stage": module.network.prototypes.counts() if module.network.prototypes is not None else [],
+    })
     trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=False, verbose=False)
-    if trainer.is_global_zero:
-        extra = {
-            "checkpoint": Path(test_ckpt).name if test_ckpt else None,
-            "epochs": trainer.current_epoch,
-            "wall_time_s": round(time.time() - started, 1),
-            "prototypes_per_stage": module.network.prototypes.counts() if cfg.model.use_prototypes else [],
-        }
-        write_results(cfg, run_dir, module, datamodule, logger, extra)
     if logger is not None:
         logger.experiment.finish()
     _close_process_group()
@@ -138,26 +127,34 @@ def run_test(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"ckpt={cfg.ckpt!r} is not a checkpoint file; pass ckpt=runs/.../checkpoints/best.ckpt")
     ckpt = Path(cfg.ckpt)
     module = PRNModule.from_checkpoint(ckpt)
+    if module.run_config is None:
+        raise CheckpointError(f"checkpoint {ckpt} holds no run config (it was not written by `prn train`); "
+                              "`prn test` needs one to rebuild the test data")
     kept = [o for o in overrides if not o.startswith(("ckpt=", "run_dir="))]
-    merged = apply_overrides(module.cfg, kept)
+    merged = apply_overrides(OmegaConf.create(module.run_config), kept)
     origin = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     out_dir = Path(cfg.run_dir) if cfg.run_dir else origin / f"test-{datetime.now():%Y%m%d-%H%M%S}"
     out_dir.mkdir(parents=True, exist_ok=True)
     merged = _with_run_dir(merged, out_dir)
     pl.seed_everything(merged.seed, workers=True)
     datamodule = PRNDataModule(merged.data, seed=merged.seed, run_dir=out_dir)
+    datamodule.setup("test")
     logger = make_wandb_logger(merged, out_dir, job_type="test")
-    trainer = build_trainer(merged, out_dir, logger, [])
-    started = time.time()
+    log_seen_anomalies(logger, datamodule.seen_anomalies)
+    run_info = {**_run_info(merged, datamodule), "checkpoint": str(ckpt)}
+    report = TestReport(out_dir, merged.logger.num_map_panels, run_info)
+    trainer = build_trainer(merged, out_dir, logger, [report])
     trainer.test(module, datamodule=datamodule, verbose=False)
-    result: dict[str, Any] = {}
-    if trainer.is_global_zero:
-        extra = {"checkpoint": str(ckpt), "wall_time_s": round(time.time() - started, 1)}
-        result = write_results(merged, out_dir, module, datamodule, logger, extra)
     if logger is not None:
         logger.experiment.finish()
     _close_process_group()
-    return result
+    return report.summary
+
+
+def _run_info(cfg: DictConfig, datamodule: PRNDataModule) -> dict[str, Any]:
+    """The metrics.json entries that describe the run rather than its scores."""
+    return {"num_seen_anomalies": len(datamodule.seen_anomalies), "dataset": str(cfg.data.dataset),
+            "category": str(cfg.data.category), "seed": int(cfg.seed)}
 
 
 def _close_process_group() -> None:
@@ -170,88 +167,3 @@ def _with_run_dir(cfg: DictConfig, run_dir: Path) -> DictConfig:
     cfg = cfg.copy()
     cfg.run_dir = str(run_dir)
     return cfg
-
-
-def write_results(
-    cfg: DictConfig, run_dir: Path, module: PRNModule, datamodule: PRNDataModule, logger: Any, extra: dict[str, Any]
-) -> dict[str, Any]:
-    """metrics.json, per_defect.csv, curves.png, maps/*.png, the console summary, and the same in W&B."""
-    results = module.test_results
-    metrics = {name: float(value) for name, value in results["metrics"].items()}
-    summary = {
-        **metrics,
-        "num_test_images": len(datamodule.test_samples),
-        "num_seen_anomalies": len(datamodule.seen_anomalies),
-        "dataset": str(cfg.data.dataset),
-        "category": str(cfg.data.category),
-        "seed": int(cfg.seed),
-        "image_threshold": float(module.image_threshold),
-        **extra,
-    }
-    write_json(run_dir / "metrics.json", summary)
-    write_per_defect_csv(run_dir / "per_defect.csv", results["per_defect"])
-    plot_curves(run_dir / "curves.png", results["curves"], metrics)
-    panels = _render_panels(cfg, run_dir, module, datamodule, results["scores"])
-    print_summary(summary)
-    if logger is not None:
-        _log_to_wandb(logger, summary, results, datamodule, panels, run_dir)
-    return summary
-
-
-@torch.no_grad()
-def _render_panels(
-    cfg: DictConfig, run_dir: Path, module: PRNModule, datamodule: PRNDataModule, scores: dict[str, torch.Tensor]
-) -> list[tuple[str, np.ndarray]]:
-    if not scores or scores["index"].numel() == 0:
-        return []
-    order = torch.argsort(scores["index"])
-    index, score, label = scores["index"][order], scores["score"][order], scores["label"][order]
-    dataset = datamodule.test_dataset
-    maps_dir = run_dir / "maps"
-    maps_dir.mkdir(exist_ok=True)
-    threshold = float(module.image_threshold)
-    module.eval()
-    panels = []
-    for position, kind in select_panel_indices(score, label, int(cfg.logger.num_map_panels)):
-        sample = dataset[int(index[position])]
-        image = sample["image"].unsqueeze(0).to(module.device)
-        amap, img_score = module.predict_images(image)
-        picture = sample["image"].permute(1, 2, 0).clamp(0, 1).numpy()
-        name = Path(sample["image_path"]).stem
-        title = f"{kind}: {Path(sample['image_path']).parent.name}/{name}"
-        panel = render_panel(
-            picture, sample["mask"][0].cpu().numpy(), amap[0].cpu().numpy(), float(img_score[0]), threshold, title
-        )
-        file_name = f"{len(panels):02d}_{kind}_{Path(sample['image_path']).parent.name}_{name}.png"
-        Image.fromarray(panel).save(maps_dir / file_name)
-        panels.append((title, panel))
-    return panels
-
-
-def _log_to_wandb(logger, summary, results, datamodule, panels, run_dir: Path) -> None:
-    import wandb
-
-    logger.log_metrics({f"test/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
-    per_defect = results["per_defect"]
-    if per_defect:
-        columns = ["defect_type", "num_images", "image_auroc", "pro"]
-        logger.log_table("test/per_defect", columns=columns, data=[[r[c] for c in columns] for r in per_defect])
-    seen = [[str(s.image_path), s.defect_type] for s in datamodule.seen_anomalies]
-    if seen:
-        logger.log_table("seen_anomalies", columns=["image_path", "defect_type"], data=seen)
-    curves = results["curves"]
-    roc = wandb.Table(data=np.stack([np.asarray(curves["roc"]["fpr"]), np.asarray(curves["roc"]["tpr"])], 1).tolist(),
-                      columns=["fpr", "tpr"])
-    pr = wandb.Table(data=np.stack([np.asarray(curves["pr"]["recall"]), np.asarray(curves["pr"]["precision"])], 1)
-                     .tolist(), columns=["recall", "precision"])
-    pro = wandb.Table(data=np.stack([np.asarray(curves["pro"]["fpr"]), np.asarray(curves["pro"]["pro"])], 1).tolist(),
-                      columns=["fpr", "pro"])
-    logger.experiment.log({
-        "test/roc_curve": wandb.plot.line(roc, "fpr", "tpr", title="pixel ROC"),
-        "test/pr_curve": wandb.plot.line(pr, "recall", "precision", title="pixel PR"),
-        "test/pro_curve": wandb.plot.line(pro, "fpr", "pro", title="PRO"),
-        "test/curves": wandb.Image(str(run_dir / "curves.png")),
-    })
-    if panels:
-        logger.log_image("test/anomaly_maps", images=[p for _, p in panels], caption=[t for t, _ in panels])
-    logger.experiment.summary.update({f"test/{k}": v for k, v in summary.items()})

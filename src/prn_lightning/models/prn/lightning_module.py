@@ -1,23 +1,37 @@
 """PRN as a LightningModule: prototypes before the first step, losses, exact validation/test metrics.
 
 The pure network lives in `network.py`; this module adds what a training run needs around it: fitting the FAISS
-prototypes once (rank 0, broadcast to every rank), the optimiser, the validation-chosen image threshold, and the
-metric states that Lightning synchronises across processes.
+prototypes once (rank 0, broadcast to every rank), the optimiser and learning-rate schedule, the validation-chosen
+image threshold, and the metric states that Lightning synchronises across processes. It takes explicit arguments
+(no run config), so it can be built in a notebook; `workflows/module_factory.py` builds it from a run config. What
+the test pass produces is reported by a callback (`loggers/test_report.py`), not kept here.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from prn_lightning.errors import ConfigError
+from prn_lightning.errors import PRNUserError
 from prn_lightning.metrics import AnomalyMetrics
+from prn_lightning.metrics.names import IMAGE_THRESHOLD, LEARNING_RATE, LOSS, METRICS, TEST, TRAIN, VAL, key
 from prn_lightning.models.prn.loss import PRNLoss
 from prn_lightning.models.prn.network import PRNNetwork
+from prn_lightning.models.prn.optimisation import (
+    OptimiserSettings,
+    PrototypeSettings,
+    SchedulerSettings,
+    build_optimiser,
+    build_scheduler,
+)
 from prn_lightning.models.prn.scoring import anomaly_map, image_score
+
+RUN_CONFIG_KEY = "prn_run_config"  # where a checkpoint keeps the run config it was trained with (for `prn test`)
 
 
 def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -53,34 +67,88 @@ def gather_uneven(module: pl.LightningModule, values: torch.Tensor) -> torch.Ten
     return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
 
 
-class PRNModule(pl.LightningModule):
-    """Trains and evaluates a `PRNNetwork` from a resolved run config (`cfg` is stored in the checkpoint)."""
+class CheckpointError(PRNUserError):
+    """A checkpoint this version cannot rebuild a module from; the message names the file and the fix."""
 
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "PRNModule":
-        """Load a trained module; the backbone comes from the checkpoint, nothing is downloaded or re-clustered."""
-        return cls.load_from_checkpoint(path, map_location=map_location, weights_only=False, pretrained_backbone=False)
+
+class PRNModule(pl.LightningModule):
+    """Trains and evaluates a `PRNNetwork`.
+
+    Args:
+        network: the network (its prototypes are fitted before the first step unless they already are).
+        loss: SmoothL1 + lambda x focal, with its weights.
+        optimiser, scheduler: the optimisation settings (`model.optimizer`, `model.scheduler`).
+        prototypes: k-means settings for the prototype bank (ratio, iterations, seed).
+        topk: image score = mean of the top-k pixels of the anomaly map.
+        map_smoothing_sigma: Gaussian smoothing of the anomaly map (0 = off).
+        defect_types: the test set's defect types, for per-defect metrics.
+
+    The image threshold is the F1-optimal one on the validation split, refreshed after every validation epoch.
+    """
 
     def __init__(
-        self, cfg: dict | DictConfig, defect_types: list[str] | None = None, pretrained_backbone: bool = True
+        self,
+        network: PRNNetwork,
+        loss: PRNLoss,
+        optimiser: OptimiserSettings,
+        scheduler: SchedulerSettings,
+        prototypes: PrototypeSettings,
+        topk: int,
+        map_smoothing_sigma: float = 0.0,
+        defect_types: Sequence[str] = (),
     ) -> None:
-        """`pretrained_backbone=False` when loading a checkpoint: its state dict already holds the backbone."""
         super().__init__()
-        if isinstance(cfg, DictConfig):
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        self.save_hyperparameters({"cfg": cfg, "defect_types": list(defect_types or [])})
-        self.cfg = OmegaConf.create(cfg)
-        model_cfg = self.cfg.model
-        self.network = PRNNetwork.from_config(model_cfg, self.cfg.data.image_size, pretrained_backbone)
-        self.loss = PRNLoss.from_config(model_cfg.loss)
+        self.network = network
+        self.loss = loss
+        self.optimiser_settings = optimiser
+        self.scheduler_settings = scheduler
+        self.prototype_settings = prototypes
+        self.topk = int(topk)
+        self.map_smoothing_sigma = float(map_smoothing_sigma)
+        self.defect_types = list(defect_types)
+        self.save_hyperparameters({
+            "network": {"settings": network.settings, "image_size": list(network.image_size)},
+            "loss": {name: getattr(loss, name) for name in
+                     ("smooth_l1_weight", "focal_weight", "focal_alpha", "focal_gamma")},
+            "optimiser": asdict(optimiser), "scheduler": asdict(scheduler), "prototypes": asdict(prototypes),
+            "topk": self.topk, "map_smoothing_sigma": self.map_smoothing_sigma, "defect_types": self.defect_types,
+        })
+        self.run_config: dict | None = None  # carried into checkpoints for `prn test`; never read here
         self.register_buffer("image_threshold", torch.tensor(0.5))
         self.val_metrics = AnomalyMetrics(["simulated"])
-        self.test_metrics = AnomalyMetrics(list(defect_types or []))
-        self.test_results: dict[str, Any] = {}
+        self.test_metrics = AnomalyMetrics(self.defect_types)
         self._val_scores: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
-        self._test_records: list[dict[str, torch.Tensor]] = []
         self._prototype_images: Iterable[torch.Tensor | dict] | None = None
+
+    # ----------------------------------------------------------------- checkpoints
+    @classmethod
+    def from_hyperparameters(cls, hparams: dict[str, Any], pretrained_backbone: bool = True) -> PRNModule:
+        """The module a checkpoint's `hyper_parameters` describe (untrained until its state dict is loaded)."""
+        network = PRNNetwork.from_config(hparams["network"]["settings"], hparams["network"]["image_size"],
+                                         pretrained_backbone)
+        return cls(network, PRNLoss(**hparams["loss"]), OptimiserSettings(**hparams["optimiser"]),
+                   SchedulerSettings(**hparams["scheduler"]), PrototypeSettings(**hparams["prototypes"]),
+                   hparams["topk"], hparams["map_smoothing_sigma"], hparams["defect_types"])
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> PRNModule:
+        """Load a trained module with its run config (`run_config`); the backbone's weights and the prototypes come
+        from the checkpoint: nothing is downloaded or re-clustered."""
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        hparams = checkpoint.get("hyper_parameters") or {}
+        if "network" not in hparams:
+            raise CheckpointError(f"checkpoint {path} was written by an older prn-lightning (before the module took "
+                                  "explicit arguments and the network normalised its own input): retrain it with "
+                                  "`prn train`")
+        module = cls.from_hyperparameters(hparams, pretrained_backbone=False)
+        module.load_state_dict(checkpoint["state_dict"])
+        module.run_config = checkpoint.get(RUN_CONFIG_KEY)
+        return module
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint[RUN_CONFIG_KEY] = self.run_config
 
     # ----------------------------------------------------------------- prototypes
     def set_prototype_images(self, images: Iterable[torch.Tensor | dict]) -> None:
@@ -103,12 +171,9 @@ class PRNModule(pl.LightningModule):
         state = None
         if self.trainer is None or self.trainer.is_global_zero:
             features = self.network.extract_prototype_features(images)
-            self.network.prototypes.fit(
-                features,
-                ratio=self.cfg.model.prototype_ratio,
-                iterations=self.cfg.model.kmeans_iterations,
-                seed=self.cfg.seed,
-            )
+            settings = self.prototype_settings
+            self.network.prototypes.fit(features, ratio=settings.ratio, iterations=settings.iterations,
+                                        seed=settings.seed)
             state = {k: v.cpu() for k, v in self.network.prototypes.state_dict().items()}
         if self.trainer is not None and self.trainer.world_size > 1:
             state = self.trainer.strategy.broadcast(state, src=0)
@@ -129,16 +194,21 @@ class PRNModule(pl.LightningModule):
 
     def predict_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps (B,S,S) in [0,1] and image scores (B,) for images (B,3,S,S) in [0, 1]."""
-        maps = anomaly_map(self.network(images), self.cfg.model.map_smoothing_sigma)
-        return maps, image_score(maps, self.cfg.model.topk)
+        return self._score(self.network(images))
+
+    def _score(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = anomaly_map(logits, self.map_smoothing_sigma)
+        return maps, image_score(maps, self.topk)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self.network(batch["image"])
         loss, parts = self.loss(logits, batch["mask"])
         size = batch["image"].shape[0]
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
+        self.log(key(TRAIN, LOSS), loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
         for name, value in parts.items():
-            self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=size)
+            self.log(key(TRAIN, name), value, on_step=False, on_epoch=True, batch_size=size)
+        self.log(key(TRAIN, LEARNING_RATE), self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
+                 on_epoch=False, batch_size=size)
         return loss
 
     def _evaluate(
@@ -146,8 +216,7 @@ class PRNModule(pl.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.network(batch["image"])
         loss, _ = self.loss(logits, batch["mask"])
-        maps = anomaly_map(logits, self.cfg.model.map_smoothing_sigma)
-        scores = image_score(maps, self.cfg.model.topk)
+        maps, scores = self._score(logits)
         metrics.update(maps, batch["mask"][:, 0], scores, batch["label"], defect_ids)
         return loss, maps, scores
 
@@ -155,66 +224,39 @@ class PRNModule(pl.LightningModule):
         # validation anomalies are all simulated: one defect type, id 0
         simulated_ids = torch.where(batch["label"] == 1, 0, -1)
         loss, _, scores = self._evaluate(batch, self.val_metrics, simulated_ids)
-        self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
+        self.log(key(VAL, LOSS), loss, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
         self._val_scores.append(scores.detach())
         self._val_labels.append(batch["label"].detach())
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         self.val_metrics.reset()
-        for name, value in values.items():
-            self.log(f"val_{name}", value, prog_bar=name in ("pixel_ap", "image_auroc"))
+        for metric in METRICS:
+            self.log(key(VAL, metric.name), values[metric.name], prog_bar=metric.name in ("pixel_ap", "image_auroc"))
         scores = gather_uneven(self, _concat(self._val_scores, torch.float32, self.device))
         labels = gather_uneven(self, _concat(self._val_labels, torch.int64, self.device))
         if scores.numel():
             self.image_threshold.fill_(f1_optimal_threshold(scores.float().cpu(), labels.cpu()))
-        self.log("val_image_threshold", self.image_threshold)
+        self.log(key(VAL, IMAGE_THRESHOLD), self.image_threshold)
         self._val_scores.clear()
         self._val_labels.clear()
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        _, _, scores = self._evaluate(batch, self.test_metrics, batch["defect_id"])
-        self._test_records.append({"index": batch["index"], "score": scores.detach(), "label": batch["label"]})
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()  # reset here, not at the end: the test report reads the metrics after the pass
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Updates the test metrics; returns the maps and scores for the test report (`loggers/test_report.py`)."""
+        _, maps, scores = self._evaluate(batch, self.test_metrics, batch["defect_id"])
+        return {"maps": maps.detach(), "scores": scores.detach()}
 
     def on_test_epoch_end(self) -> None:
         values = self.test_metrics.compute()
-        for name, value in values.items():
-            self.log(f"test_{name}", value)
-        records = {
-            key: gather_uneven(self, _concat([r[key] for r in self._test_records], dtype, self.device)).cpu()
-            for key, dtype in (("index", torch.int64), ("score", torch.float32), ("label", torch.int64))
-        }
-        self.test_results = {
-            "metrics": values,
-            "per_defect": self.test_metrics.per_defect(),
-            "curves": self.test_metrics.curves(),
-            "scores": records,
-        }
-        self.test_metrics.reset()
-        self._test_records.clear()
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        maps, scores = self.predict_images(batch["image"])
-        return {"maps": maps, "scores": scores, "index": batch["index"]}
+        for metric in METRICS:
+            self.log(key(TEST, metric.name), values[metric.name])
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self):
-        opt_cfg, sched_cfg = self.cfg.model.optimizer, self.cfg.model.scheduler
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimisers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-        if opt_cfg.name in optimisers:
-            optimiser = optimisers[opt_cfg.name](params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
-        elif opt_cfg.name == "sgd":
-            optimiser = torch.optim.SGD(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, momentum=0.9)
-        else:
-            raise ConfigError(f"model.optimizer.name={opt_cfg.name!r} is not one of adam, adamw, sgd")
-        if sched_cfg.name == "none":
-            return optimiser
-        if sched_cfg.name == "cosine":
-            epochs = max(1, int(self.trainer.max_epochs or 1))
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
-        elif sched_cfg.name == "step":
-            scheduler = torch.optim.lr_scheduler.StepLR(optimiser, sched_cfg.step_size, sched_cfg.gamma)
-        else:
-            raise ConfigError(f"model.scheduler.name={sched_cfg.name!r} is not one of none, cosine, step")
-        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        optimiser = build_optimiser(self.optimiser_settings, [p for p in self.parameters() if p.requires_grad])
+        steps = self.trainer.estimated_stepping_batches if self.scheduler_settings.name == "warmup_cosine" else math.inf
+        scheduler = build_scheduler(self.scheduler_settings, optimiser, int(self.trainer.max_epochs or 1), steps)
+        return optimiser if scheduler is None else {"optimizer": optimiser, "lr_scheduler": scheduler}

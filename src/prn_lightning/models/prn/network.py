@@ -65,6 +65,14 @@ class PRNNetwork(nn.Module):
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         self._check_size(self.image_size, strides[-1], backbone.name)
         self.backbone = backbone
+        self.settings = {  # what `from_config` needs to rebuild this network around a checkpoint's weights
+            "backbone": {"name": backbone.name, "weights": "none",
+                         "out_indices": [int(i) for i in backbone.model.feature_info.out_indices]},
+            "use_prototypes": use_prototypes, "prototype_lookup": prototype_lookup, "use_fusion": use_fusion,
+            "prototype_match": prototype_match, "prototype_neighbourhood": prototype_neighbourhood,
+            "use_msa": use_msa, "msa_blocks": msa_blocks, "msa_sizes": msa_sizes,
+            "decoder_channels": [int(c) for c in decoder_channels],
+        }
         config = backbone.model.pretrained_cfg
         self.register_buffer("input_mean", _channel_stats(config["mean"]))
         self.register_buffer("input_std", _channel_stats(config["std"]))
