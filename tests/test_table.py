@@ -110,8 +110,8 @@ def test_table_is_logged_to_an_offline_wandb_run(prototype_sweep: Path, monkeypa
 
 
 def test_runs_of_several_sweeps_keep_their_sweep_and_repeated_seeds_are_averaged(tmp_path: Path) -> None:
-    for sweep, key, values in (("modules", "model.use_msa", (True, False)), ("seen_anomalies", "data.num_seen_anomalies",
-                                                                          (1, 5))):
+    for sweep, key, values in (("modules", "model.use_msa", (True, False)),
+                               ("seen_anomalies", "data.num_seen_anomalies", (1, 5))):
         sweep_dir = tmp_path / "sweeps" / sweep
         for value in values:
             for copy in ("a", "b"):  # the same setting and seed twice: one seed, not two
