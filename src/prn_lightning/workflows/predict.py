@@ -1,9 +1,11 @@
-"""`prn predict`: anomaly maps, image scores and verdicts for new images with a trained checkpoint.
+"""`prn predict`: anomaly maps, image scores and verdicts for new images, with a checkpoint or an exported model.
 
-Images of any size are resized to the model's input size exactly as evaluation images are (imaging.tensors), scored
-in [0, 1] (the network normalises its own input), and their maps resized back (bilinear) to each image's own size,
-so overlays line up with the original pixels. The verdict uses the threshold stored in the checkpoint, which was
-chosen on the validation split (never on test images).
+Every format runs through one inferencer (deploy.inferencers): a checkpoint or TorchScript file in PyTorch, ONNX in
+ONNX Runtime, OpenVINO IR in OpenVINO, so scores.csv and the overlays are the same whatever the format. Images of any
+size are resized to the model's input size exactly as the run's evaluation images were (imaging.tensors, the run's
+data.resize), scored in [0, 1] (the model normalises its own input), and their maps brought back to each image's own
+size (padding cut, bilinear), so overlays line up with the original pixels. The verdict uses the threshold stored
+with the model, which was chosen on the validation split (never on test images).
 """
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
+from prn_lightning.deploy.inferencers import load_inferencer
 from prn_lightning.imaging.io import IMAGE_EXTENSIONS, is_image_file, read_image
-from prn_lightning.imaging.tensors import image_to_tensor, resize_image
+from prn_lightning.imaging.tensors import image_to_tensor, map_to_image, resize_image
 
 OVERLAY_ALPHA = 0.5
 CONTOUR_COLOUR = (255, 0, 0)  # RGB
@@ -72,41 +74,34 @@ def _overlay_names(images: list[Path], root: Path) -> list[Path]:
             for r, name in zip(relative, plain)]
 
 
-@torch.inference_mode()
 def run_predict(
-    ckpt: str | Path, input_path: str | Path, out_dir: str | Path, batch_size: int = 8, device: str | None = None
+    model: str | Path, input_path: str | Path, out_dir: str | Path, batch_size: int = 8, device: str | None = None
 ) -> Path:
-    """Score every image under `input_path`; writes `out_dir/scores.csv` and `out_dir/overlays/*.png`.
+    """Score every image under `input_path` with `model` (a checkpoint, or a model file or folder written by
+    `prn export`); writes `out_dir/scores.csv` and `out_dir/overlays/*.png`.
 
     CSV columns: image_path, score, threshold, is_anomalous (score >= threshold), width, height, overlay.
     """
-    from prn_lightning.models.prn.lightning_module import PRNModule
-
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt} does not exist; pass ckpt=runs/.../checkpoints/best.ckpt")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
+    inferencer = load_inferencer(model, device)
     out_dir = Path(out_dir)
     images = find_images(input_path, exclude=out_dir)
     overlay_paths = [out_dir / "overlays" / name for name in _overlay_names(images, Path(input_path))]
-
-    module = PRNModule.from_checkpoint(ckpt)
-    module.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
-    size = int(module.network.image_size[0])  # square: data.image_size
-    threshold = float(module.image_threshold)
+    size, resize = inferencer.metadata.image_size, inferencer.metadata.resize  # as the run's images were
+    threshold = inferencer.metadata.threshold
 
     rows = []
     for start in range(0, len(images), batch_size):
         paths = images[start:start + batch_size]
         pictures = [read_image(path) for path in paths]  # names the file when it cannot be decoded
-        batch = torch.stack([image_to_tensor(resize_image(p, size)) for p in pictures]).to(module.device)
-        maps, scores = module.predict_images(batch)
+        batch = np.stack([image_to_tensor(resize_image(p, size, resize)).numpy() for p in pictures])
+        maps, scores = inferencer.predict(batch)
         for path, picture, amap, score, overlay_path in zip(
-            paths, pictures, maps.float().cpu().numpy(), scores.float().cpu().tolist(), overlay_paths[start:]
+            paths, pictures, maps, scores.tolist(), overlay_paths[start:]
         ):
             height, width = picture.shape[:2]
-            full_map = cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
+            full_map = map_to_image(amap, height, width, resize)
             overlay_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(render_overlay(picture, full_map, score, threshold)).save(overlay_path)
             rows.append([str(path), f"{score:.6f}", f"{threshold:.6f}", score >= threshold, width, height,
