@@ -7,12 +7,14 @@ onnxruntime and OpenVINO themselves (the `deploy` extra, which `make install` in
 from __future__ import annotations
 
 import copy
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import prn_lightning
@@ -72,6 +74,12 @@ def lite0_network(normals: torch.Tensor, lookup: str, **options) -> PRNNetwork:
     return network.eval()
 
 
+@pytest.fixture(scope="module")
+def reference(real_images) -> PRNNetwork:
+    """The checkpoint's path: FAISS lookup, PyTorch eager (tests copy it before exporting)."""
+    return lite0_network(real_images[0], "faiss")
+
+
 class NearestIds(nn.Module):
     """The in-graph lookup of one stage alone, so an exported graph's prototype choice can be read off."""
 
@@ -83,18 +91,18 @@ class NearestIds(nn.Module):
         return self.bank.nearest_ids(self.stage, features)
 
 
-def test_exported_lookup_picks_the_prototypes_faiss_picks_on_real_features(real_images, tmp_path: Path) -> None:
+def test_exported_lookup_picks_the_prototypes_faiss_picks_on_real_features(reference, real_images,
+                                                                            tmp_path: Path) -> None:
     import onnxruntime as ort
     import openvino as ov
 
     normals, queries = real_images
-    network = lite0_network(normals, "faiss")
     with torch.no_grad():
-        features = network.features(torch.cat([normals[25:], queries]))[:3]
+        features = reference.features(torch.cat([normals[25:], queries]))[:3]
     chosen = set()
     for stage, query in enumerate(features):
-        faiss_ids = network.prototypes.nearest_ids(stage, query).numpy()
-        graph = NearestIds(copy.deepcopy(network.prototypes), stage)
+        faiss_ids = reference.prototypes.nearest_ids(stage, query).numpy()
+        graph = NearestIds(copy.deepcopy(reference.prototypes), stage)
         graph.bank.lookup = "torch"
         path = tmp_path / f"stage{stage}.onnx"
         torch.onnx.export(graph, (query[:1],), str(path), dynamo=False, opset_version=17, input_names=["features"],
@@ -110,9 +118,8 @@ def test_exported_lookup_picks_the_prototypes_faiss_picks_on_real_features(real_
 
 
 @pytest.mark.parametrize("fmt", EXPORT_FORMATS)
-def test_exported_model_equals_pytorch_on_real_images(fmt: str, real_images, tmp_path: Path) -> None:
-    normals, queries = real_images
-    reference = lite0_network(normals, "faiss")  # the checkpoint's path: FAISS lookup, PyTorch eager
+def test_exported_model_equals_pytorch_on_real_images(fmt: str, reference, real_images, tmp_path: Path) -> None:
+    _, queries = real_images
     with torch.no_grad():
         expected_maps = anomaly_map(reference(queries), 4.0)
         expected_scores = image_score(expected_maps, 100)
@@ -138,7 +145,7 @@ def test_exported_model_equals_pytorch_on_real_images(fmt: str, real_images, tmp
 
 
 def test_location_matching_exports_too(real_images, tmp_path: Path) -> None:
-    """model.prototype_match=location (nearest prototype vector per position, in a window) is tensor ops as well."""
+    """model.prototype_match=location (nearest prototype vector per position, in a window) exports as well."""
     normals, queries = real_images
     network = lite0_network(normals, "torch", prototype_match="location", prototype_neighbourhood=1)
     with torch.no_grad():
@@ -146,10 +153,9 @@ def test_location_matching_exports_too(real_images, tmp_path: Path) -> None:
     metadata = ModelMetadata(image_size=(SIZE, SIZE), threshold=0.5, backbone="tf_efficientnet_lite0",
                              num_seen_anomalies=0, topk=100, map_smoothing_sigma=0.0,
                              prototypes_per_stage=network.prototypes.counts(), version=prn_lightning.__version__)
-    for fmt in ("onnx", "openvino"):
-        maps, _ = load_inferencer(export_model(ExportableModel(network, 100, 0.0), metadata, fmt,
-                                               tmp_path / fmt)).predict(queries.numpy())
-        assert np.abs(maps - expected_maps.numpy()).max() <= MAP_TOLERANCE
+    path = export_model(ExportableModel(network, 100, 0.0), metadata, "onnx", tmp_path)
+    maps, _ = load_inferencer(path).predict(queries.numpy())
+    assert np.abs(maps - expected_maps.numpy()).max() <= MAP_TOLERANCE
 
 
 @pytest.fixture(scope="module")
@@ -167,26 +173,61 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_train(cfg) / "checkpoints" / "best.ckpt"
 
 
-def test_prn_export_writes_each_format_and_its_metadata(checkpoint: Path, real_images, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`prn export` of the checkpoint in every format: format -> output folder."""
+    root = tmp_path_factory.mktemp("exported")
+    for fmt in EXPORT_FORMATS:
+        assert main(["export", f"ckpt={checkpoint}", f"format={fmt}", f"out={root / fmt}"]) == 0
+    return {fmt: root / fmt for fmt in EXPORT_FORMATS}
+
+
+def test_prn_export_writes_each_format_and_its_metadata(checkpoint: Path, exported, real_images) -> None:
     _, queries = real_images
     images = queries.numpy()
-    eager = load_inferencer(checkpoint, device="cpu")
-    expected_maps, expected_scores = eager.predict(images)
+    expected_maps, expected_scores = load_inferencer(checkpoint, device="cpu").predict(images)
     module = PRNModule.from_checkpoint(checkpoint)
-    for fmt in EXPORT_FORMATS:
-        out = tmp_path / fmt
-        assert main(["export", f"ckpt={checkpoint}", f"format={fmt}", f"out={out}"]) == 0
+    for fmt, out in exported.items():
         metadata = json.loads((out / "metadata.json").read_text())
         assert metadata["image_size"] == [SIZE, SIZE] and metadata["format"] == fmt
-        assert metadata["threshold"] == pytest.approx(float(module.image_threshold), abs=0.0)
+        assert metadata["threshold"] == float(module.image_threshold)
         assert metadata["backbone"] == "tf_efficientnet_lite0" and metadata["num_seen_anomalies"] == 2
-        assert metadata["version"] == prn_lightning.__version__
+        assert metadata["version"] == prn_lightning.__version__ and metadata["resize"] == "squash"
         assert metadata["prototypes_per_stage"] == module.network.prototypes.counts()
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            ["metadata.json", metadata["model_file"]] + (["model.bin"] if fmt == "openvino" else []))
         inferencer = load_inferencer(out)  # the folder: its metadata names the model file
-        assert inferencer.metadata.model_file == (out / metadata["model_file"]).name
         maps, scores = inferencer.predict(images)
         assert np.abs(maps - expected_maps).max() <= MAP_TOLERANCE
         np.testing.assert_array_equal(scores >= metadata["threshold"], expected_scores >= metadata["threshold"])
+
+
+def test_prn_predict_writes_the_same_scores_and_overlays_for_every_format(checkpoint: Path, exported,
+                                                                          tmp_path: Path) -> None:
+    root = shared_data_root() / "kolektor"
+    source = root / "test" if root.is_dir() else checkpoint.parents[2] / "data" / "texture" / "test"
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(p for folder in source.iterdir() for p in list_images(folder))[:6]:  # at their own sizes
+        (images / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+
+    def predict(source_arg: str, name: str) -> list[dict]:
+        assert main(["predict", source_arg, f"input={images}", f"out={tmp_path / name}"]) == 0
+        with (tmp_path / name / "scores.csv").open() as handle:
+            return list(csv.DictReader(handle))
+
+    expected = predict(f"ckpt={checkpoint}", "checkpoint")
+    for fmt, out in exported.items():
+        rows = predict(f"model={out / json.loads((out / 'metadata.json').read_text())['model_file']}", fmt)
+        assert len(rows) == len(expected) == 6
+        for row, by_checkpoint in zip(rows, expected):
+            assert abs(float(row["score"]) - float(by_checkpoint["score"])) <= MAP_TOLERANCE
+            for column in ("image_path", "threshold", "is_anomalous", "width", "height"):
+                assert row[column] == by_checkpoint[column]
+            with Image.open(row["overlay"]) as overlay, Image.open(by_checkpoint["overlay"]) as checkpoint_overlay:
+                ours, theirs = np.asarray(overlay), np.asarray(checkpoint_overlay)
+            assert ours.shape == theirs.shape
+            assert np.mean(ours != theirs) < 1e-3  # a colour-map step or contour pixel may flip at 1e-7
 
 
 def test_export_mistakes_are_one_line(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -194,9 +235,11 @@ def test_export_mistakes_are_one_line(checkpoint: Path, tmp_path: Path, capsys: 
         export_checkpoint(checkpoint, "tflite", tmp_path / "out")
     assert main(["export", f"ckpt={tmp_path / 'missing.ckpt'}", "format=onnx", f"out={tmp_path / 'out'}"]) == 2
     assert main(["export", f"ckpt={checkpoint}", "format=onnx"]) == 2
+    assert main(["predict", f"ckpt={checkpoint}", f"model={checkpoint}", f"input={tmp_path}", "out=x"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors[0].startswith("error: checkpoint") and "missing.ckpt" in errors[0]
     assert errors[1] == "error: prn export needs ckpt=PATH format=onnx|openvino|torchscript out=DIR"
+    assert errors[2].startswith("error: prn predict needs one of ckpt=PATH or model=DIR/model.onnx")
     with pytest.raises(FileNotFoundError, match="nothing-here does not exist"):
         load_inferencer(tmp_path / "nothing-here")
     (tmp_path / "empty").mkdir()

@@ -36,12 +36,15 @@ def _predict(args: argparse.Namespace) -> None:
     from prn_lightning.workflows.predict import run_predict
 
     aliases = {"input": "predict.input", "out": "predict.out"}
+    # model=PATH names an exported model here, not the `model` config group
+    models = [o.split("=", 1)[1] for o in args.overrides if o.startswith("model=")]
     overrides = [aliases.get(o.split("=", 1)[0], o.split("=", 1)[0]) + "=" + o.split("=", 1)[1] if "=" in o else o
-                 for o in args.overrides]
+                 for o in args.overrides if not o.startswith("model=")]
     cfg = load_config(overrides)
-    if not cfg.ckpt or not cfg.predict.input or not cfg.predict.out:
-        raise ConfigError("prn predict needs ckpt=PATH input=IMAGE_OR_DIR out=DIR")
-    csv_path = run_predict(Path(cfg.ckpt), Path(cfg.predict.input), Path(cfg.predict.out),
+    if len([m for m in [cfg.ckpt, *models] if m]) != 1 or not cfg.predict.input or not cfg.predict.out:
+        raise ConfigError("prn predict needs one of ckpt=PATH or model=DIR/model.onnx|model.xml|model.pt, "
+                          "and input=IMAGE_OR_DIR out=DIR")
+    csv_path = run_predict(Path(cfg.ckpt or models[0]), Path(cfg.predict.input), Path(cfg.predict.out),
                            batch_size=int(cfg.data.eval_batch_size))
     print(f"scores: {csv_path}")
 
@@ -119,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     config_command("train", _train, "train PRN, then test the validation-selected checkpoint")
     config_command("test", _test, "evaluate ckpt=PATH with the config it was trained with")
-    config_command("predict", _predict, "anomaly maps and scores: ckpt=PATH input=IMAGE_OR_DIR out=DIR")
+    config_command("predict", _predict, "anomaly maps and scores: ckpt=PATH | model=DIR/model.onnx|.xml|.pt, "
+                   "input=IMAGE_OR_DIR out=DIR")
     config_command("export", _export, "one model file for deployment: ckpt=PATH format=onnx|openvino|torchscript "
                    "out=DIR")
 

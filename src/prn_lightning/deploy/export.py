@@ -67,16 +67,18 @@ def model_from_checkpoint(ckpt: str | Path) -> tuple[ExportableModel, ModelMetad
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist; pass ckpt=runs/.../checkpoints/best.ckpt")
     module = PRNModule.from_checkpoint(ckpt)
     network: PRNNetwork = module.network
+    data_cfg = (module.run_config or {}).get("data", {})  # absent for a module saved without a run config
     model = ExportableModel(network, module.topk, module.map_smoothing_sigma)
     metadata = ModelMetadata(
         image_size=tuple(network.image_size),
         threshold=float(module.image_threshold),
         backbone=network.backbone.name,
-        num_seen_anomalies=int(module.run_config["data"]["num_seen_anomalies"]),
+        num_seen_anomalies=data_cfg.get("num_seen_anomalies"),
         topk=model.topk,
         map_smoothing_sigma=model.map_smoothing_sigma,
         prototypes_per_stage=network.prototypes.counts() if network.prototypes is not None else [],
         version=prn_lightning.__version__,
+        resize=data_cfg.get("resize", "squash"),
     )
     return model.eval(), metadata
 

@@ -16,8 +16,9 @@ from prn_lightning.errors import PRNUserError
 METADATA_FILE = "metadata.json"
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score")
-PREPROCESSING = ("RGB uint8 resized to image_size (cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when enlarging), "
-                 "divided by 255 to float32 in [0, 1], layout (B, 3, H, W); the model normalises internally")
+PREPROCESSING = ("RGB uint8 brought to image_size (H, W) as `resize` says (squash: stretched to it; keep-aspect: "
+                 "scaled to fit, centred, padded black), with cv2.INTER_AREA when shrinking and cv2.INTER_LINEAR when "
+                 "enlarging, divided by 255 to float32 in [0, 1], layout (B, 3, H, W); the model normalises inside")
 
 
 class ModelFileError(PRNUserError):
@@ -31,11 +32,12 @@ class ModelMetadata:
     image_size: tuple[int, int]
     threshold: float
     backbone: str
-    num_seen_anomalies: int
+    num_seen_anomalies: int | None
     topk: int
     map_smoothing_sigma: float
     prototypes_per_stage: list[int]
     version: str
+    resize: str = "squash"
     format: str = "checkpoint"
     model_file: str = ""
     opset: int | None = None
