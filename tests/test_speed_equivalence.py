@@ -1,0 +1,85 @@
+"""The speed work on the network computes what it computed before: the same logits of the first forward pass and
+the same losses for the first training steps at the same seed as the code before it (reference values in
+tests/fixtures/training_steps_reference.json, written by this file's `--write` mode with the pre-change network).
+
+Numerical differences, all float rounding of the same arithmetic, well under the 1e-5 asserted here:
+- the decoder runs in channels-last memory order, whose oneDNN convolutions sum in another order (~1e-7 relative);
+- the logit head sums its 3x3 taps after the upsampling instead of before it (conv3x3(up(x)) rewritten as the sum of
+  the upsampled per-tap 1x1 convs, exact in real arithmetic: ~1e-7 on the logits);
+- a one-token attention head returns V itself, which scaled dot-product attention also returns exactly.
+Everything else (backbone, prototypes, fusion, attention with several tokens, loss) runs the same operations.
+Maps are compared before any optimiser step: Adam's first updates are about lr x sign(gradient), so a parameter
+whose gradient is ~0 can move by +-lr on a rounding difference, and maps after a few steps differ by ~1e-4 for that
+reason alone; the losses of those steps still agree to 1e-5.
+
+Regenerate (only when the computation is meant to change) from a checkout of the reference code (the fixture came
+from commit 45d7e0e):
+    PYTHONPATH=<checkout>/src python tests/test_speed_equivalence.py --write tests/fixtures/<fixture>.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from prn_lightning.models.prn import PRNLoss, PRNNetwork
+from prn_lightning.models.prn.backbone import FrozenBackbone
+
+FIXTURE = Path(__file__).parent / "fixtures" / "training_steps_reference.json"
+SIZE, BATCH, STEPS, NORMALS = 128, 4, 3, 12
+
+
+def textures(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Smooth random [0, 1] images (low-frequency noise plus grain)."""
+    coarse = torch.rand(n, 3, SIZE // 16, SIZE // 16, generator=generator)
+    smooth = torch.nn.functional.interpolate(coarse, size=(SIZE, SIZE), mode="bicubic", align_corners=False)
+    return (smooth + 0.1 * torch.rand(n, 3, SIZE, SIZE, generator=generator)).clamp_(0, 1)
+
+
+def training_run() -> dict:
+    """Logits of the first forward pass (training mode) at 64 pixels of each image, and the losses of STEPS Adam
+    steps from seed 0."""
+    torch.manual_seed(0)
+    backbone = FrozenBackbone("tf_efficientnet_lite0", "bundled", (1, 2, 3, 4))
+    network = PRNNetwork(backbone, SIZE, use_prototypes=True, use_fusion=True, use_msa=True, msa_blocks=3,
+                         msa_sizes=4, decoder_channels=(256, 128, 64, 32))
+    generator = torch.Generator().manual_seed(0)
+    network.prototypes.fit(network.extract_prototype_features(textures(NORMALS, generator).split(BATCH)),
+                           ratio=0.25, iterations=10, seed=0)
+    images = textures(BATCH, generator)
+    masks = torch.zeros(BATCH, 1, SIZE, SIZE)
+    masks[1:, :, 40:70, 50:90] = 1.0
+    images[1:, :, 40:70, 50:90] = 1 - images[1:, :, 40:70, 50:90]  # anomalies where the masks are
+    loss_fn = PRNLoss(smooth_l1_weight=1.0, focal_weight=5.0, focal_alpha=0.5, focal_gamma=4.0)
+    optimiser = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=1e-4)
+    network.train()
+    pixels = torch.arange(0, SIZE * SIZE, SIZE * SIZE // 64)
+    losses, logits = [], []
+    for _ in range(STEPS):
+        optimiser.zero_grad(set_to_none=True)
+        output = network(images)
+        loss, _ = loss_fn(output, masks)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+        logits = logits or output.detach().flatten(1)[:, pixels].flatten().tolist()
+    return {"losses": losses, "logits_at": pixels.tolist(), "logits": logits}
+
+
+@pytest.mark.slow
+def test_training_steps_and_map_match_the_pre_change_network() -> None:
+    reference = json.loads(FIXTURE.read_text())
+    now = training_run()
+    assert now["logits_at"] == reference["logits_at"]
+    assert now["losses"] == pytest.approx(reference["losses"], abs=1e-5, rel=0)
+    assert now["logits"] == pytest.approx(reference["logits"], abs=1e-5, rel=0)
+    assert reference["losses"][-1] < reference["losses"][0]  # the steps do train: a non-trivial reference
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--write"]:
+    result = training_run()
+    Path(sys.argv[2]).write_text(json.dumps(result, indent=1) + "\n")
+    print(result["losses"])
