@@ -141,7 +141,9 @@ class HistoryWriter(pl.Callback):
         if trainer.progress_bar_callback is None:  # logs, CI, sbatch: one line per epoch instead of a bar
             print(f"epoch {row['epoch']}: " + ", ".join(f"{k}={row[k]:.4f}" for k in shown if k in row), flush=True)
         columns = list(dict.fromkeys(k for r in rows for k in r))
-        with self.path.open("w", newline="") as handle:
+        partial = self.path.with_name(self.path.name + ".tmp")  # atomic: a kill never leaves half a history
+        with partial.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
+        partial.replace(self.path)

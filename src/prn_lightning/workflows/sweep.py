@@ -3,7 +3,9 @@
 The same YAML drives `wandb sweep` + `wandb agent` across machines: the agent runs `prn train key=value ...` from
 W&B's `${args_no_hyphens}`, and this runner builds the very same `key=value` strings (`format_override`). Each local
 run gets a fixed directory, runs_root/sweeps/<sweep>/<category>/<combination>/seed<s>, so a second invocation skips
-finished runs (metrics.json present) and resumes interrupted ones from checkpoints/last.ckpt. Every run is a
+finished runs (metrics.json present) and resumes interrupted ones exactly as `prn train resume=RUN` does (from
+their last checkpoint, with their own config.yaml and seen anomalies; a run killed before its first checkpoint starts
+over in its directory). Every run is a
 subprocess: memory is returned after each run, and DDP (which re-launches its own command) stays self-contained.
 """
 from __future__ import annotations
@@ -181,10 +183,10 @@ class PlannedRun:
     overrides: list[str]  # every override of the run except seed and run_dir: constants, fixed, combination
 
     def command(self) -> list[str]:
-        """The subprocess that trains this run (resuming when an earlier attempt left checkpoints/last.ckpt)."""
+        """The subprocess that trains this run (resuming when an earlier attempt started it: its config.yaml)."""
         command = [sys.executable, "-m", "prn_lightning.cli", "train", *self.overrides,
                    f"seed={self.seed}", f"run_dir={self.run_dir}"]
-        if (self.run_dir / "checkpoints" / "last.ckpt").is_file():
+        if (self.run_dir / "config.yaml").is_file():
             command.append("resume=true")
         return command
 

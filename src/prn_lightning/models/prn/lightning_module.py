@@ -135,7 +135,17 @@ class PRNModule(pl.LightningModule):
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> PRNModule:
         """Load a trained module with its run config (`run_config`); the backbone's weights and the prototypes come
         from the checkpoint: nothing is downloaded or re-clustered."""
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # zip, pickle and EOF errors all mean: not a whole checkpoint
+            raise CheckpointError(f"checkpoint {path} cannot be read: it is truncated or not a checkpoint "
+                                  f"({type(err).__name__}); use another checkpoint of the run (checkpoints/"
+                                  "last.ckpt or best.ckpt) or retrain") from err
+        if not isinstance(checkpoint, dict):
+            raise CheckpointError(f"checkpoint {path} is not a prn-lightning checkpoint (it holds a "
+                                  f"{type(checkpoint).__name__}); pass a checkpoints/*.ckpt file of a run")
         hparams = checkpoint.get("hyper_parameters") or {}
         if "network" not in hparams:
             raise CheckpointError(f"checkpoint {path} was written by an older prn-lightning (before the module took "
