@@ -93,7 +93,14 @@ def test_inputs_without_images_or_with_broken_files_are_named(checkpoint: Path, 
     broken.mkdir()
     (broken / "fine.png").write_bytes(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
     (broken / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    with pytest.raises(DatasetError, match=re.escape(str(broken / "truncated.png"))):
-        run_predict(checkpoint, broken, tmp_path / "out")
+    # an unreadable file is skipped and listed with its reason; the readable ones are scored
+    with (run_predict(checkpoint, broken, tmp_path / "out")).open() as handle:
+        rows = {Path(r["image_path"]).name: r for r in csv.DictReader(handle)}
+    assert rows["fine.png"]["score"] and rows["fine.png"]["error"] == ""
+    assert rows["truncated.png"]["score"] == "" and str(broken / "truncated.png") in rows["truncated.png"]["error"]
+    (broken / "fine.png").unlink()  # nothing readable left: an error, with scores.csv listing why
+    with pytest.raises(DatasetError, match="none of the 1 images"):
+        run_predict(checkpoint, broken, tmp_path / "out2")
+    assert "truncated.png" in (tmp_path / "out2" / "scores.csv").read_text()
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         run_predict(tmp_path / "missing.ckpt", broken, tmp_path / "out")

@@ -192,3 +192,12 @@ def test_atomic_writes_leave_the_previous_file_when_a_write_fails(tmp_path: Path
         save_config(load_config(["seed=4"]), config, exclusive=True)
     assert OmegaConf.load(config).seed == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml",
                                                                                               "last.ckpt"]
+
+
+def test_prn_predict_takes_the_data_values_from_the_run(reference: Path, tmp_path: Path, capsys):
+    ckpt = reference / "checkpoints" / "best.ckpt"
+    code = prn(["predict", f"ckpt={ckpt}", f"input={reference / 'maps'}", f"out={tmp_path / 'out'}",
+                "data.image_size=128"])
+    err = capsys.readouterr().err
+    assert code == 2 and "data.image_size=128" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

@@ -45,6 +45,10 @@ def _predict(args: argparse.Namespace) -> None:
     models = [o.split("=", 1)[1] for o in args.overrides if o.startswith("model=")]
     overrides = [aliases.get(o.split("=", 1)[0], o.split("=", 1)[0]) + "=" + o.split("=", 1)[1] if "=" in o else o
                  for o in args.overrides if not o.startswith("model=")]
+    shaping = [o for o in overrides if o.startswith(("data.", "data=")) and not o.startswith("data.eval_batch_size=")]
+    if shaping:  # the image size and resize policy are the model's own; nothing else of `data` applies
+        raise ConfigError(f"prn predict takes the data values from the model's run; remove {' '.join(shaping)} "
+                          "(only data.eval_batch_size applies)")
     cfg = load_config(overrides)
     if len([m for m in [cfg.ckpt, *models] if m]) != 1 or not cfg.predict.input or not cfg.predict.out:
         raise ConfigError("prn predict needs one of ckpt=PATH or model=DIR/model.onnx|model.xml|model.pt, "

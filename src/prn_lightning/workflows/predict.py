@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from prn_lightning.deploy.inferencers import load_inferencer
-from prn_lightning.imaging.io import IMAGE_EXTENSIONS, is_image_file, read_image
+from prn_lightning.errors import DatasetError
+from prn_lightning.imaging.io import IMAGE_EXTENSIONS, ImageReadError, is_image_file, read_image
 from prn_lightning.imaging.tensors import image_to_tensor, map_to_image, resize_image
 
 OVERLAY_ALPHA = 0.5
@@ -80,38 +81,52 @@ def run_predict(
     """Score every image under `input_path` with `model` (a checkpoint, or a model file or folder written by
     `prn export`); writes `out_dir/scores.csv` and `out_dir/overlays/*.png`.
 
-    CSV columns: image_path, score, threshold, is_anomalous (score >= threshold), width, height, overlay.
+    CSV columns: image_path, score, threshold, is_anomalous (score >= threshold), width, height, overlay, error.
+    An image that cannot be read is skipped and listed with the reason in `error` (its other columns empty); only
+    when no image can be read does the call fail (after writing scores.csv).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
     inferencer = load_inferencer(model, device)
     out_dir = Path(out_dir)
     images = find_images(input_path, exclude=out_dir)
-    overlay_paths = [out_dir / "overlays" / name for name in _overlay_names(images, Path(input_path))]
+    overlay_paths = {image: out_dir / "overlays" / name
+                     for image, name in zip(images, _overlay_names(images, Path(input_path)))}
     size, resize = inferencer.metadata.image_size, inferencer.metadata.resize  # as the run's images were
     threshold = inferencer.metadata.threshold
 
-    rows = []
+    rows, errors = {}, {}
     for start in range(0, len(images), batch_size):
-        paths = images[start:start + batch_size]
-        pictures = [read_image(path) for path in paths]  # names the file when it cannot be decoded
+        paths, pictures = [], []
+        for path in images[start:start + batch_size]:
+            try:
+                pictures.append(read_image(path))
+                paths.append(path)
+            except ImageReadError as err:  # one bad file does not stop the others
+                errors[path] = str(err)
+        if not paths:
+            continue
         batch = np.stack([image_to_tensor(resize_image(p, size, resize)).numpy() for p in pictures])
         maps, scores = inferencer.predict(batch)
-        for path, picture, amap, score, overlay_path in zip(
-            paths, pictures, maps, scores.tolist(), overlay_paths[start:]
-        ):
+        for path, picture, amap, score in zip(paths, pictures, maps, scores.tolist()):
             height, width = picture.shape[:2]
             full_map = map_to_image(amap, height, width, resize)
+            overlay_path = overlay_paths[path]
             overlay_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(render_overlay(picture, full_map, score, threshold)).save(overlay_path)
-            rows.append([str(path), f"{score:.6f}", f"{threshold:.6f}", score >= threshold, width, height,
-                         str(overlay_path)])
+            rows[path] = [str(path), f"{score:.6f}", f"{threshold:.6f}", score >= threshold, width, height,
+                          str(overlay_path), ""]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "scores.csv"
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image_path", "score", "threshold", "is_anomalous", "width", "height", "overlay"])
-        writer.writerows(rows)
-    print(f"{sum(r[3] for r in rows)} of {len(rows)} images flagged anomalous (threshold {threshold:.4f})")
+        writer.writerow(["image_path", "score", "threshold", "is_anomalous", "width", "height", "overlay", "error"])
+        writer.writerows(rows.get(p) or [str(p), "", "", "", "", "", "", errors[p]] for p in images)
+    if not rows:
+        raise DatasetError(f"none of the {len(images)} images under {input_path} could be read (reasons in "
+                           f"{csv_path}), e.g. {next(iter(errors.values()))}")
+    skipped = f"; {len(errors)} unreadable, skipped (see the error column)" if errors else ""
+    print(f"{sum(r[3] for r in rows.values())} of {len(rows)} images flagged anomalous "
+          f"(threshold {threshold:.4f}){skipped}")
     return csv_path
