@@ -125,3 +125,13 @@ def test_timm_download_fails_fast_without_retries(monkeypatch, tmp_path, caplog)
     assert f"127.0.0.1:{port} cannot be reached" in str(info.value)
     assert "model.backbone.weights=bundled" in str(info.value)
     assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+
+
+def test_prn_train_with_an_unusable_runs_root_is_one_line(tmp_path: Path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for runs_root in (afile, afile / "runs"):
+        code = prn(["train", f"runs_root={runs_root}", f"data.root={tmp_path / 'data'}", "logger=none"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and f"runs_root={runs_root} is not allowed" in err, err
+    assert not (tmp_path / "data").exists()  # refused before the dataset was touched
