@@ -16,15 +16,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from prn_lightning.config import load_config
-    from prn_lightning.workflows.run_dir import resume_config, resume_target
+    from prn_lightning.workflows.run_dir import train_config
     from prn_lightning.workflows.train import run_train
 
-    cfg = load_config(args.overrides)
-    target = resume_target(cfg)
-    if target is not None:  # the run's own config.yaml, plus overrides that cannot change its result
-        cfg = resume_config(target, args.overrides)
-    run_dir = run_train(cfg)
+    run_dir = run_train(train_config(args.overrides))
     print(f"run directory: {run_dir}")
 
 

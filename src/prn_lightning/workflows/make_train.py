@@ -12,8 +12,9 @@ import torch
 
 from prn_lightning.config import experiments_dir, load_config
 from prn_lightning.data.sources.download import download_dataset
-from prn_lightning.errors import DatasetError
 from prn_lightning.data.sources.registry import load_category
+from prn_lightning.errors import DatasetError
+from prn_lightning.workflows.run_dir import train_config
 from prn_lightning.workflows.sweep import run_sweep
 from prn_lightning.workflows.train import run_train
 
@@ -51,4 +52,4 @@ def run_make_train(dataset: str, category: str, extra: list[str], sweep: str | N
         sweep_file = experiments_dir() / "sweeps" / f"{sweep}.yaml"
         run_sweep(sweep_file, overrides)
         return sweep_file
-    return run_train(load_config(overrides))
+    return run_train(train_config(overrides))

@@ -299,3 +299,11 @@ def check_evaluation_data(run_cfg: DictConfig, cfg: DictConfig, other_data: bool
                           + "; its test set would not exclude what the model trained on. To evaluate on other "
                           "data anyway add evaluate_on_other_data=true (the run's seen anomalies stay out of the "
                           "test set when they are in it)")
+
+
+def train_config(overrides: list[str]) -> DictConfig:
+    """The config `prn train OVERRIDES` runs: composed from experiments/, or, with resume=RUN (resume=true
+    run_dir=RUN), the run's own config plus the overrides that cannot change its result (`resume_config`)."""
+    cfg = load_config(overrides)
+    target = resume_target(cfg)
+    return resume_config(target, overrides) if target is not None else cfg

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prn_lightning.data.sources.records import ANOMALOUS, GOOD, NORMAL, CategorySplits, Sample
 from prn_lightning.errors import DatasetError
 from prn_lightning.imaging.io import IMAGE_EXTENSIONS, is_image_file, list_images
-from prn_lightning.data.sources.records import ANOMALOUS, GOOD, NORMAL, CategorySplits, Sample
 
 LAYOUT = ("ROOT/CATEGORY/train/good/*, ROOT/CATEGORY/test/{good,DEFECT}/*, "
           "ROOT/CATEGORY/ground_truth/DEFECT/<stem>_mask.png")
