@@ -26,9 +26,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from prn_lightning.errors import PRNUserError
 
-class PrototypeError(ValueError):
-    """Prototypes that cannot be fitted or used as asked; the message says which value and how to fix it."""
+
+class PrototypeError(PRNUserError):
+    """Prototypes that cannot be fitted or used as asked; the message says which value and how to fix it (the CLI
+    prints it as one line)."""
 
 
 def faiss_gpu_available() -> bool:
