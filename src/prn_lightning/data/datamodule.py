@@ -127,7 +127,7 @@ class PRNDataModule(pl.LightningDataModule):
         per_normal = int(cfg.val_synthetic_per_normal)
 
         splits = load_category(cfg)
-        self.data_report = check_splits(splits, self.image_size)
+        self.data_report = check_splits(splits, self.image_size, resize=self.resize)
         self.data_report.raise_for_unreadable()
         if world_size_and_rank()[1] == 0:
             self.data_report.warn()

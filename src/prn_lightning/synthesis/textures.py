@@ -18,6 +18,7 @@ from prn_lightning.imaging.tensors import image_hw, resize_image
 from prn_lightning.synthesis.augment import SourceAugmentation, augment_source, source_augmentation
 
 MIN_CROP = 0.5  # crops cover 50-100 % of the largest crop of the output's aspect
+MAX_DECODED_BYTES = 256 << 20  # decoded textures kept per process (DTD's 5,640 images do not all fit; Brodatz does)
 
 
 def resolve_texture_dir(texture_dir: str | Path | None, data_root: str | Path) -> Path | None:
@@ -46,6 +47,8 @@ class TextureSource:
                 raise ConfigError(f"data.texture_dir={texture_dir} holds no images (png, jpg, bmp, tif); "
                                   "point it to a folder of textures or set it to null")
         self._augmentation = source_augmentation()
+        self._decoded: dict[Path, np.ndarray] = {}  # every simulated sample reads a texture: decode each once
+        self._decoded_bytes = 0
 
     @property
     def uses_textures(self) -> bool:
@@ -58,13 +61,23 @@ class TextureSource:
         """A random crop of a random texture; without textures, a recoloured crop of `normal_image` (required).
         Then the photometric `augmentation`, when there is one."""
         if self.paths:
-            source = self._random_crop(read_image(self.paths[rng.integers(len(self.paths))]), rng)
+            source = self._random_crop(self._texture(self.paths[rng.integers(len(self.paths))]), rng)
         elif normal_image is None:
             raise ValueError("TextureSource has no texture folder: pass a normal image to build the source from")
         else:
             crop = self._random_crop(normal_image, rng)
             source = augment_source(self._augmentation, crop, int(rng.integers(2**31)))
         return source if self.augmentation is None else self.augmentation(source, rng)
+
+    def _texture(self, path: Path) -> np.ndarray:
+        """The decoded texture at `path` (read-only: crops are copied by the resize), kept while the budget lasts."""
+        image = self._decoded.get(path)
+        if image is None:
+            image = read_image(path)
+            if self._decoded_bytes + image.nbytes <= MAX_DECODED_BYTES:
+                self._decoded[path] = image
+                self._decoded_bytes += image.nbytes
+        return image
 
     def _random_crop(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A random quarter turn of a crop with the output's aspect (after the turn), 50-100 % of the largest such
@@ -76,5 +89,5 @@ class TextureSource:
         crop_h, crop_w = (min(size, max(1, int(round(out * scale)))) for size, out in ((height, out_h), (width, out_w)))
         top = int(rng.integers(height - crop_h + 1))
         left = int(rng.integers(width - crop_w + 1))
-        crop = np.rot90(image[top:top + crop_h, left:left + crop_w], k=turns)
-        return resize_image(np.ascontiguousarray(crop), self.image_size)
+        crop = np.rot90(image[top:top + crop_h, left:left + crop_w], k=turns).copy()  # never the kept texture
+        return resize_image(crop, self.image_size)
