@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +22,17 @@ from prn_lightning.cli import main as prn
 from prn_lightning.config import load_config
 from prn_lightning.data.seen import read_seen_list
 from prn_lightning.data.sources.synthetic import generate_synthetic
+from prn_lightning.errors import ConfigError
 from prn_lightning.workflows.resume import AtomicCheckpointIO
-from prn_lightning.workflows.run_dir import new_run_dir, save_config
+from prn_lightning.workflows.run_dir import (
+    RESUME_SAFE_KEYS,
+    differing_keys,
+    new_run_dir,
+    record_resume,
+    resume_config,
+    save_config,
+    stored_config,
+)
 
 STEPS_PER_EPOCH = 6
 
@@ -201,3 +211,19 @@ def test_prn_predict_takes_the_data_values_from_the_run(reference: Path, tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and "data.image_size=128" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_config_extends_a_run_and_remembers_it(data_root: Path, reference: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(reference / "config.yaml", run / "config.yaml")
+    cfg = resume_config(run, ["trainer.max_epochs=5", "logger=none", "data.num_workers=0"])
+    assert cfg.trainer.max_epochs == 5 and cfg.run_dir == str(run) and cfg.resume is True
+    assert differing_keys(stored_config(run), cfg, RESUME_SAFE_KEYS) == []
+    record_resume(run, cfg)
+    assert resume_config(run, []).trainer.max_epochs == 5  # the next resume keeps the extension
+    assert (run / "config.yaml").read_text() == (reference / "config.yaml").read_text()  # never rewritten
+    # a whole command line (what a sweep replays) is accepted when it describes the same run
+    assert resume_config(run, overrides(data_root)).data.category == "texture"
+    with pytest.raises(ConfigError, match=r"data.image_size \(64 -> 96\)"):
+        resume_config(run, overrides(data_root, **{"data.image_size": "96"}))
