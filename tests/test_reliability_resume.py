@@ -115,6 +115,12 @@ def test_sigterm_then_sigkill_mid_epoch_resume_to_the_same_metrics(data_root: Pa
 
     subprocess.run(train_command(f"resume={run_dir}"), env=ENV, check=True, capture_output=True)
     assert without_times(run_dir / "metrics.json") == without_times(reference / "metrics.json")
+    # the same weights at the end, bit for bit (metrics.json alone may come from an early best checkpoint)
+    resumed, uninterrupted = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+                              for d in (run_dir, reference))
+    assert resumed["global_step"] == uninterrupted["global_step"] == 3 * STEPS_PER_EPOCH
+    assert resumed["state_dict"].keys() == uninterrupted["state_dict"].keys()
+    assert all(torch.equal(resumed["state_dict"][k], uninterrupted["state_dict"][k]) for k in resumed["state_dict"])
     assert (run_dir / "config.yaml").read_text() == (reference / "config.yaml").read_text().replace(
         str(reference), str(run_dir))
     assert read_seen_list(run_dir / "seen_anomalies.txt") == read_seen_list(reference / "seen_anomalies.txt")

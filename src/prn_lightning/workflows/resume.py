@@ -112,19 +112,10 @@ class Preemption(pl.Callback):
         # the epoch's last step: validation and the epoch-end checkpoint come first (on_train_epoch_end)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """After validation: the checkpoint callback saves this epoch's state next; then Lightning stops."""
+        """After validation; the checkpoint callbacks (they run last) save this epoch's state, then Lightning stops
+        (the workflow's last.ckpt callback saves at every epoch end)."""
         if self.stopping and self._lightning_handler is not None:
-            if not self._checkpoint_saves_this_epoch(trainer):
-                trainer.save_checkpoint(self.last_path)
             self._stop(trainer)
-
-    @staticmethod
-    def _checkpoint_saves_this_epoch(trainer: pl.Trainer) -> bool:
-        """Whether a ModelCheckpoint with save_last writes last.ckpt at this epoch's end (it validates every
-        epoch) or already did (at validation end)."""
-        return any(getattr(cb, "save_last", False) and trainer.check_val_every_n_epoch == 1
-                   and trainer.num_val_batches and sum(trainer.num_val_batches)
-                   for cb in trainer.checkpoint_callbacks)
 
 
 def _main_thread() -> bool:

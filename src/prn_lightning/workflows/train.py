@@ -107,13 +107,16 @@ def _train(run: OpenedRun) -> Path:
     log_seen_anomalies(logger, datamodule.seen_anomalies)
     # `val_pixel_ap` in configs from before the train/ val/ test/ names means `val/pixel_ap`
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=stage_key(cfg.model.monitor),
-                                 mode="max", save_last=True, save_top_k=1)
+                                 mode="max", save_top_k=1)
+    # last.ckpt after every epoch (Lightning's save_last writes it only when the monitored metric improves)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                           save_on_train_epoch_end=True, enable_version_counter=False)
     report = TestReport(run_dir, cfg.logger.num_map_panels, _run_info(cfg, datamodule), started=started)
-    callbacks = [checkpoint, HistoryWriter(run_dir / "history.csv"), report, Preemption(ckpt_dir / "last.ckpt")]
+    callbacks = [last, checkpoint, HistoryWriter(run_dir / "history.csv"), report, Preemption(ckpt_dir / "last.ckpt")]
     trainer = build_trainer(cfg, run_dir, logger, callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(run.resume_from) if run.resume_from else None)
 
-    test_ckpt = checkpoint.best_model_path or checkpoint.last_model_path or None
+    test_ckpt = checkpoint.best_model_path or last.best_model_path or None
     report.run_info.update({
         "checkpoint": Path(test_ckpt).name if test_ckpt else None,
         "epochs": trainer.current_epoch,
