@@ -9,6 +9,13 @@ Cost: Q, K and V come from one 1x1 conv of the map shared by the heads (the same
 patch, so its size does not grow with the patch), and the reduction uses a 1x1 conv plus a depthwise 3x3 conv. A
 block then holds about 7 c^2 weights (c = its channels): per-head projections and a dense 3x3 reduction would hold
 25 c^2, which for wide_resnet50_2 (c = 2048 at stage 3) means over 400 M parameters.
+
+Speed: cutting a map into patch tokens copies Q, K and V once per head, and putting the outputs back once more.
+When the map divides into the smallest patches, a block instead puts its pixels once in quadtree order with the
+channels last (quadrant by quadrant, recursively), where every patch of every size is a run of consecutive values:
+each head's tokens are views, and the per-pixel Q/K/V projection and reduction conv are single matrix products.
+BatchNorm and the depthwise conv run in image order (BatchNorm's channels-last statistics would be less accurate).
+The same arithmetic up to float rounding (~3e-7), 10-30 % less time per block, fwd + bwd, on CPU.
 """
 from __future__ import annotations
 
@@ -50,6 +57,24 @@ def patch_attention(qkv: Tensor, patch: tuple[int, int]) -> Tensor:
     return out[:, :, :height, :width]
 
 
+def to_quadtree(x: Tensor, levels: int) -> Tensor:
+    """(B, c, H, W) -> (B, H*W, c): pixels in quadtree order over `levels` halvings (quadrant bits y1, x1, ...,
+    y_levels, x_levels, then the leaf block of H / 2^levels x W / 2^levels row by row), channels last."""
+    batch, channels, height, width = x.shape
+    x = x.reshape(batch, channels, *[2] * levels, height >> levels, *[2] * levels, width >> levels)
+    order = [0, *[d for i in range(levels) for d in (2 + i, 3 + levels + i)], 2 + levels, 3 + 2 * levels, 1]
+    return x.permute(order).reshape(batch, height * width, channels)
+
+
+def from_quadtree(x: Tensor, levels: int, height: int, width: int) -> Tensor:
+    """Inverse of `to_quadtree`: (B, H*W, c) -> (B, c, H, W)."""
+    batch, _, channels = x.shape
+    x = x.reshape(batch, *[2, 2] * levels, height >> levels, width >> levels, channels)
+    order = [0, 3 + 2 * levels, *[1 + 2 * i for i in range(levels)], 1 + 2 * levels,
+             *[2 + 2 * i for i in range(levels)], 2 + 2 * levels]
+    return x.permute(order).reshape(batch, channels, height, width)
+
+
 class MultiSizeAttentionBlock(nn.Module):
     """One MSA block: a head per patch size, outputs concatenated and reduced back by a residual conv block.
 
@@ -69,9 +94,35 @@ class MultiSizeAttentionBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        levels = self.num_sizes - 1
+        divides = x.shape[-2] % (1 << levels) == 0 and x.shape[-1] % (1 << levels) == 0
+        mixed = self.mixed_heads(x) if divides else self.mixed_heads_by_patches(x)
+        return torch.relu(x + self.reduce[1:](mixed))
+
+    def mixed_heads_by_patches(self, x: Tensor) -> Tensor:
+        """conv1x1(concat(heads)) with patch tokens (any map size)."""
         qkv = self.qkv(x)
         heads = [patch_attention(qkv, size) for size in patch_sizes(x.shape[-2], x.shape[-1], self.num_sizes)]
-        return torch.relu(x + self.reduce(torch.cat(heads, dim=1)))
+        return self.reduce[0](torch.cat(heads, dim=1))
+
+    def mixed_heads(self, x: Tensor) -> Tensor:
+        """conv1x1(concat(heads)) computed in quadtree pixel order; H and W must divide by 2^(num_sizes - 1)."""
+        batch, channels, height, width = x.shape
+        levels = self.num_sizes - 1
+        pixels = to_quadtree(x, levels).reshape(batch * height * width, channels)
+        weight, bias = self.qkv.weight.view(3, channels, channels), self.qkv.bias.view(3, channels)
+        q, k, v = (F.linear(pixels, weight[i], bias[i]).view(batch, height * width, channels) for i in range(3))
+        heads = []
+        for s in range(self.num_sizes):  # head s: 4^s tokens, each a run of consecutive pixels (all channels)
+            tokens = 4**s
+            if tokens == 1:  # one token: softmax over one key is 1, the output is V itself (exactly)
+                heads.append(v)
+                continue
+            q_s, k_s, v_s = (t.view(batch, tokens, -1) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q_s, k_s, v_s, scale=1.0 / q_s.shape[-1])
+            heads.append(out.view(batch, height * width, channels))
+        mixed = F.linear(torch.cat(heads, dim=2), self.reduce[0].weight.flatten(1))
+        return from_quadtree(mixed, levels, height, width)
 
 
 class MultiSizeAttention(nn.Module):
