@@ -30,7 +30,12 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
-bench: $(STAMP)
+# The benchmarks compare with anomalib: the optional `bench` extra (anomalib, pinned in constraints.txt).
+$(VENV)/.installed-bench: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
+	@touch $@
+
+bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/run_all.py $(ARGS)
 
 # PRN's CPU recipe vs anomalib PatchCore on the shared sets + the default run, 3 seeds (needs anomalib: the bench extra)
