@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from prn_lightning.config import load_config
 from prn_lightning.config_checks import config_problems
 from prn_lightning.data.datamodule import PRNDataModule
 from prn_lightning.data.datasets import SampleKind, TrainMixDataset
@@ -141,3 +142,10 @@ def test_a_run_config_from_before_the_new_keys_keeps_its_behaviour(splits):
     assert dm.resize == "squash" and dm.train_dataset.texture_source.augmentation.per_source == 0
     assert len(dm.train_dataset._seen_augmentation.transforms) == 5  # flips, turns, affine, colour
     assert next(iter(dm.test_dataloader()))["image"].shape[1:] == (3, 64, 64)
+
+
+@pytest.mark.parametrize("name, size", [("kolektor", [512, 192]), ("magnetic_tile", 256), ("tire", [288, 384])])
+def test_shared_set_data_files_compose_with_the_cpu_experiment(name, size):
+    cfg = load_config(["experiment=folder_cpu", f"data={name}"])
+    assert (cfg.data.dataset, cfg.data.root, cfg.data.category) == ("folder", "../shared/data", name)
+    assert OmegaConf.to_container(cfg.data)["image_size"] == size and cfg.data.resize == "squash"
