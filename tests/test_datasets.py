@@ -114,6 +114,8 @@ def test_datamodule_takes_height_and_width(splits, resize):
                     "generation": {"seen": False, "extended": True, "simulated": False}})
     dm = PRNDataModule(cfg, seed=0)
     dm.setup("fit")
+    augmentation = dm.train_dataset.texture_source.augmentation  # data.source_augmentation reaches the sources
+    assert augmentation.ops == list(cfg.source_augmentation.ops) and augmentation.per_source == 3
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(0)
     batches = [dm.on_after_batch_transfer(b, 0) for b in loader]
