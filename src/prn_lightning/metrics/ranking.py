@@ -10,12 +10,16 @@ their device. Counts are int64 (AUROC's area is an exact integer sum) and everyt
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics.utilities import rank_zero_warn
+
+PARALLEL_SORT_MIN = 1 << 20  # below ~1 M scores one sort is quicker than splitting
 
 
 @dataclass(frozen=True)
@@ -90,10 +94,29 @@ def split_sorted(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     device. On CPU the split runs in NumPy too (boolean indexing there is ~10x torch's)."""
     if _sorts_on_numpy(scores):
         scores, labels = scores.detach().contiguous().numpy(), labels.contiguous().numpy()
-        negatives = scores[~labels]
-        negatives.sort()
-        return torch.from_numpy(negatives), torch.from_numpy(scores[labels])
+        return torch.from_numpy(_sorted_negatives(scores, labels)), torch.from_numpy(scores[labels])
     return torch.sort(scores[~labels]).values, scores[labels]
+
+
+def _sorted_negatives(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The scores where `labels` is False, ascending. Large sets are cut at a sampled median into a lower and an
+    upper part, written next to each other and sorted on two threads (NumPy's sort releases the GIL): the same
+    sorted array as one sort, in about half the time on two cores."""
+    negative = ~labels
+    threads = min(2, os.cpu_count() or 1)
+    if threads < 2 or scores.size < PARALLEL_SORT_MIN:
+        negatives = scores[negative]
+        negatives.sort()
+        return negatives
+    pivot = np.median(scores[:: scores.size // 4099 + 1])
+    lower = negative & (scores < pivot)
+    count = int(np.count_nonzero(lower))
+    out = np.empty(int(np.count_nonzero(negative)), dtype=scores.dtype)
+    np.compress(lower, scores, out=out[:count])
+    np.compress(negative & ~lower, scores, out=out[count:])  # the rest: >= pivot
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(np.ndarray.sort, (out[:count], out[count:])))
+    return out
 
 
 def argsort(x: Tensor) -> Tensor:
