@@ -8,6 +8,7 @@ when it is missing; set PRN_CHROMIUM to use another Chromium or Chrome binary.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -46,18 +47,21 @@ class DevTools:
     """A minimal DevTools-protocol client over Chromium's debugging pipe: commands, and the events seen meanwhile."""
 
     def __init__(self, binary: str, profile: Path) -> None:
-        to_browser_read, self._write = os.pipe()
-        self._read, from_browser_write = os.pipe()
-        # Chromium reads commands on fd 3 and writes replies and events on fd 4; bash moves the pipe ends there.
-        moves = f"3<&{to_browser_read} 4>&{from_browser_write} {to_browser_read}<&- {from_browser_write}>&-"
+        to_browser, self._write = os.pipe()
+        self._read, from_browser = os.pipe()
+        # Chromium reads commands on fd 3 and writes replies and events on fd 4; bash moves the pipe ends there,
+        # from copies above 9 so that no move overwrites the other end.
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser, from_browser)]
+        for fd in (to_browser, from_browser):
+            os.close(fd)
+        moves = f"3<&{ends[0]} 4>&{ends[1]} {ends[0]}<&- {ends[1]}>&-"
         self.process = subprocess.Popen(
             ["bash", "-c", f'exec "$0" "$@" {moves}', binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
              "--remote-debugging-pipe", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(to_browser_read, from_browser_write),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=ends,
         )
-        os.close(to_browser_read)
-        os.close(from_browser_write)
+        for fd in ends:
+            os.close(fd)
         self._buffer = b""
         self._next_id = 0
         self.events: list[dict] = []
