@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from prn_lightning.errors import DatasetError
 from prn_lightning.data.sources.records import ANOMALOUS, NORMAL
 from prn_lightning.data.sources.registry import DATASETS, dataset_categories, load_category
+from prn_lightning.errors import DatasetError
 
 
 def _img(path: Path, value: int = 100, shape=(8, 8)) -> Path:

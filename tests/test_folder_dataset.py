@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from prn_lightning.errors import DatasetError
 from prn_lightning.data.sources.folder import find_categories, read_folder_category
 from prn_lightning.data.sources.records import ANOMALOUS, NORMAL
 from prn_lightning.data.sources.registry import dataset_categories, load_category
+from prn_lightning.errors import DatasetError
 
 
 def _img(path: Path, value: int = 100) -> Path:

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import socket
 
-from prn_lightning.config import load_config
 from prn_lightning.cli import main
+from prn_lightning.config import load_config
 from prn_lightning.workflows.make_train import experiment_overrides
 
 
 def test_experiment_choice():
     assert experiment_overrides("", "", []) == ["experiment=synthetic_cpu"]
-    assert experiment_overrides("", "carpet", ["seed=1"]) == ["experiment=mvtec_cpu", "data.category='carpet'", "seed=1"]
+    assert experiment_overrides("", "carpet", ["seed=1"]) == [
+        "experiment=mvtec_cpu", "data.category='carpet'", "seed=1"]
     cfg = load_config(experiment_overrides("btad", "02", []))
     assert cfg.data.dataset == "btad" and str(cfg.data.category) == "02"
     cfg = load_config(experiment_overrides("folder", "", ["data.root=/x", "data.category=y"]))

@@ -6,7 +6,6 @@ gathered by torchmetrics. Classes are module-level so ddp_spawn can pickle them.
 from __future__ import annotations
 
 import atexit
-
 import json
 from pathlib import Path
 

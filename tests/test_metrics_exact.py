@@ -6,9 +6,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from prn_lightning.metrics import AUPRO, AnomalyMetrics, ImageAUROC, MetricInputError, PixelAP, PixelAUROC
+from prn_lightning.metrics import AUPRO, AnomalyMetrics, ImageAUROC, MetricInputError, PixelAP, PixelAUROC, ranking
 from prn_lightning.metrics.collection import MAX_CURVE_POINTS
-from prn_lightning.metrics import ranking
 from prn_lightning.metrics.ranking import binary_auroc, binary_average_precision
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from prn_lightning.errors import DatasetError
-from prn_lightning.data.sources.records import ANOMALOUS, NORMAL, CategorySplits, Sample
 from prn_lightning.data.seen import read_seen_list, select_seen_anomalies, split_seen, write_seen_list
+from prn_lightning.data.sources.records import ANOMALOUS, NORMAL, CategorySplits, Sample
+from prn_lightning.errors import DatasetError
 
 
 def _splits(per_type: dict[str, int], normals: int = 5) -> CategorySplits:

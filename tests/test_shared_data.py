@@ -5,9 +5,9 @@ from collections import Counter
 
 import pytest
 
+from prn_lightning.data.seen import split_seen
 from prn_lightning.data.sources.records import ANOMALOUS, NORMAL
 from prn_lightning.data.sources.registry import dataset_categories, load_category
-from prn_lightning.data.seen import split_seen
 
 pytestmark = pytest.mark.shared_data
 

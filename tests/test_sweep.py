@@ -28,7 +28,8 @@ SWEEPS = Path(__file__).resolve().parents[1] / "experiments" / "sweeps"
 WANDB_COMMAND = ["${env}", "prn", "train", "${args_no_hyphens}"]
 
 
-@pytest.mark.parametrize("name, runs", [("prototype_ratio", 4), ("seen_anomalies", 3), ("modules", 8), ("generation", 4)])
+@pytest.mark.parametrize("name, runs",
+                         [("prototype_ratio", 4), ("seen_anomalies", 3), ("modules", 8), ("generation", 4)])
 def test_paper_sweep_files_expand_to_valid_configs(name: str, runs: int) -> None:
     spec = load_sweep(SWEEPS / f"{name}.yaml")
     raw = yaml.safe_load((SWEEPS / f"{name}.yaml").read_text())
@@ -45,11 +46,13 @@ def test_wandb_agent_and_local_runner_issue_the_same_overrides(tmp_path: Path) -
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
     fixed = ["data.category=object", "trainer.max_epochs=2"]
-    exported = yaml.safe_load(export_wandb_sweep(SWEEPS / "modules.yaml", fixed, [0, 1], tmp_path / "w.yaml").read_text())
+    exported_file = export_wandb_sweep(SWEEPS / "modules.yaml", fixed, [0, 1], tmp_path / "w.yaml")
+    exported = yaml.safe_load(exported_file.read_text())
     keys = list(exported["parameters"])
     grids = [p["values"] if "values" in p else [p["value"]] for p in exported["parameters"].values()]
     agent = {
-        frozenset(create_sweep_command_args({"args": {k: {"value": v} for k, v in zip(keys, point)}})["args_no_hyphens"])
+        frozenset(
+            create_sweep_command_args({"args": {k: {"value": v} for k, v in zip(keys, point)}})["args_no_hyphens"])
         for point in itertools.product(*grids)
     }
     _, seeds, plan = plan_sweep(load_sweep(SWEEPS / "modules.yaml"), fixed, [0, 1], tmp_path)

@@ -99,24 +99,18 @@ def split_sorted(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _sorted_negatives(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The scores where `labels` is False, ascending. Large sets are cut at a sampled median into a lower and an
-    upper part, written next to each other and sorted on two threads (NumPy's sort releases the GIL): the same
-    sorted array as one sort, in about half the time on two cores."""
-    negative = ~labels
-    threads = min(2, os.cpu_count() or 1)
-    if threads < 2 or scores.size < PARALLEL_SORT_MIN:
-        negatives = scores[negative]
+    """The scores where `labels` is False, ascending. A large set is first partitioned in place around its median
+    (O(n), no extra memory), then both halves are sorted on two threads (NumPy's sort releases the GIL): the same
+    array as one sort, in less time when two cores are free."""
+    negatives = scores[~labels]
+    if negatives.size < PARALLEL_SORT_MIN or (os.cpu_count() or 1) < 2:
         negatives.sort()
         return negatives
-    pivot = np.median(scores[:: scores.size // 4099 + 1])
-    lower = negative & (scores < pivot)
-    count = int(np.count_nonzero(lower))
-    out = np.empty(int(np.count_nonzero(negative)), dtype=scores.dtype)
-    np.compress(lower, scores, out=out[:count])
-    np.compress(negative & ~lower, scores, out=out[count:])  # the rest: >= pivot
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(np.ndarray.sort, (out[:count], out[count:])))
-    return out
+    half = negatives.size // 2
+    negatives.partition(half)  # everything before `half` <= negatives[half] <= everything after it
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(np.ndarray.sort, (negatives[:half], negatives[half:])))
+    return negatives
 
 
 def argsort(x: Tensor) -> Tensor:

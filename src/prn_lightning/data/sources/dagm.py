@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from prn_lightning.data.sources.download_specs import DAGM, fetch_hint
-from prn_lightning.errors import DatasetError
 from prn_lightning.data.sources.folder import check_category_dir
-from prn_lightning.imaging.io import IMAGE_EXTENSIONS
 from prn_lightning.data.sources.records import ANOMALOUS, GOOD, NORMAL, CategorySplits, Sample
+from prn_lightning.errors import DatasetError
+from prn_lightning.imaging.io import IMAGE_EXTENSIONS
 
 CATEGORIES = tuple(f"Class{i}" for i in range(1, 11))
 DEFECT = "defect"

@@ -13,9 +13,9 @@ import warnings
 from pathlib import Path
 
 from prn_lightning.data.sources.download_specs import KSDD2, fetch_hint
+from prn_lightning.data.sources.records import ANOMALOUS, GOOD, NORMAL, CategorySplits, Sample
 from prn_lightning.errors import DatasetError
 from prn_lightning.imaging.io import read_mask
-from prn_lightning.data.sources.records import ANOMALOUS, GOOD, NORMAL, CategorySplits, Sample
 
 CATEGORIES = ("ksdd2",)
 DEFECT = "defect"

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from prn_lightning.data.sources.download_specs import MVTEC, MVTEC_CATEGORIES, fetch_hint
-from prn_lightning.errors import DatasetError
 from prn_lightning.data.sources.folder import read_folder_category
 from prn_lightning.data.sources.records import CategorySplits
+from prn_lightning.errors import DatasetError
 
 CATEGORIES = MVTEC_CATEGORIES
 TEXTURES = ("carpet", "grid", "leather", "tile", "wood")

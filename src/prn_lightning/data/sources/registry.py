@@ -6,13 +6,14 @@ dataset is created on the fly, because it is generated locally in seconds.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prn_lightning.data.sources import btad, dagm, ksdd2, mvtec, synthetic
-from prn_lightning.errors import DatasetError
 from prn_lightning.data.sources.folder import find_categories, read_folder_category
 from prn_lightning.data.sources.records import CategorySplits
+from prn_lightning.errors import DatasetError
 
 DATASETS: dict[str, list[str] | None] = {
     "synthetic": list(synthetic.CATEGORIES),
