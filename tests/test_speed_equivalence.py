@@ -103,20 +103,3 @@ def test_quadtree_attention_equals_patch_tokens_forward_and_backward() -> None:
     grads = [torch.autograd.grad((out * weights).sum(), [maps, block.qkv.weight]) for out in (quadtree, patches)]
     for ours, reference in zip(*grads):  # rounding relative to the gradient's scale (sums over many pixels)
         torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6 * float(reference.abs().max()))
-
-
-@pytest.mark.parametrize("out_channels", [1, 3])
-def test_upsampled_conv_equals_conv_of_the_upsampled_map(out_channels: int) -> None:
-    """The decoder head's tap-wise evaluation equals conv3x3(bilinear upsampling), values and gradients."""
-    from prn_lightning.models.prn.decoder import upsampled_conv3x3
-
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(5, out_channels, 3, padding=1)
-    x = torch.randn(2, 5, 7, 9, requires_grad=True)
-    expected = conv(torch.nn.functional.interpolate(x, size=(14, 18), mode="bilinear", align_corners=False))
-    ours = upsampled_conv3x3(x, conv, (14, 18))
-    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
-    weights = torch.randn_like(expected)
-    grads = [torch.autograd.grad((out * weights).sum(), [x, conv.weight, conv.bias]) for out in (ours, expected)]
-    for mine, reference in zip(*grads):
-        torch.testing.assert_close(mine, reference, rtol=0, atol=1e-5 * float(reference.abs().max()))
