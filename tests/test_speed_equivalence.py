@@ -8,9 +8,10 @@ Numerical differences, all float rounding of the same arithmetic, well under the
   the upsampled per-tap 1x1 convs, exact in real arithmetic: ~1e-7 on the logits);
 - a one-token attention head returns V itself, which scaled dot-product attention also returns exactly;
 - attention blocks whose map divides into the smallest patches run in quadtree pixel order: the Q/K/V projection and
-  the reduction conv become matrix products and the token dot products are summed in another order (~3e-7).
+  the reduction conv become matrix products and the token dot products are summed in another order (~3e-7);
+- attention itself is two batched matrix products and a softmax instead of PyTorch's fused kernel (~3e-7).
 Everything else (backbone, prototypes, fusion, BatchNorm, loss) runs the same operations. Measured: losses of the
-three steps within 4.3e-6 of the reference, first-pass logits within 1e-6.
+three steps within 2.4e-7 of the reference, first-pass logits within 1.5e-6.
 Maps are compared before any optimiser step: Adam's first updates are about lr x sign(gradient), so a parameter
 whose gradient is ~0 can move by +-lr on a rounding difference, and maps after a few steps differ by ~1e-4 for that
 reason alone; the losses of those steps still agree to 1e-5.
@@ -103,3 +104,15 @@ def test_quadtree_attention_equals_patch_tokens_forward_and_backward() -> None:
     grads = [torch.autograd.grad((out * weights).sum(), [maps, block.qkv.weight]) for out in (quadtree, patches)]
     for ours, reference in zip(*grads):  # rounding relative to the gradient's scale (sums over many pixels)
         torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6 * float(reference.abs().max()))
+
+
+def test_training_and_inference_attention_agree() -> None:
+    """Matrix products while training, the fused operator otherwise: the same values to float rounding."""
+    from prn_lightning.models.prn.attention import token_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 16, 3000) for _ in range(3))
+    training = token_attention(q, k, v)
+    with torch.no_grad():
+        inference = token_attention(q, k, v)
+    torch.testing.assert_close(training, inference, rtol=0, atol=1e-5)
