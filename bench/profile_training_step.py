@@ -1,18 +1,27 @@
-"""Where one CPU training step goes: batch 8 at 256 px, the bundled EfficientNet-Lite0 network, Adam.
+"""Where one CPU training step goes, now and at the baseline commit: batch 8 at 256 px, the bundled
+EfficientNet-Lite0 network, Adam.
 
 Forward parts are timed with forward hooks on the network's modules (backbone, fusion blocks, attention, decoder);
 "prototype lookup + residuals" is the rest of the forward pass (nearest-prototype search, (F - P*)^2, concatenation,
 input normalisation). Backward and the optimiser step are timed as wholes, and torch.profiler lists the operators
-that take the most time over fwd + bwd. Medians over the timed steps.
+that take the most time over fwd + bwd. Medians over the timed steps. The baseline (commit d1546d8, checked out into
+a temporary git worktree) runs the same script in its own process; `--threads 1` gives steadier figures on a busy
+machine (two intra-op threads stall each other when other processes hold the cores).
 
-Usage: python bench/profile_training_step.py [--steps N]   writes bench/results/profile_step.json
+Usage: python bench/profile_training_step.py [--steps N] [--threads N]   writes bench/results/profile_step.json
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -21,6 +30,7 @@ from common import REPO, machine, write_result  # noqa: I001 (bench/ is the scri
 from prn_lightning.models.prn import PRNLoss, PRNNetwork
 
 SIZE, BATCH, NUM_NORMAL = 256, 8, 60
+BASELINE = "d1546d8"
 PARTS = ("backbone", "feature_fusion", "residual_fusion", "attention", "attention_fusion", "decoder")
 
 
@@ -96,19 +106,44 @@ def profile(steps: int) -> dict:
             "images_per_s": round(BATCH / median["total"], 2), "top_ops": top_ops}
 
 
+def measure(src: Path, steps: int, threads: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{Path(__file__).parent}", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, __file__, "--case", "--steps", str(steps), "--threads", str(threads)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"profile failed for {src}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--case", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    result = profile(args.steps)
-    total = result["median_s"]["total"]
-    print(f"one training step, batch {BATCH}, {SIZE} px, {torch.get_num_threads()} torch threads ({machine()})")
-    for name, seconds in result["median_s"].items():
-        print(f"  {name:<32}{seconds:>8.3f} s{100 * seconds / total:>7.1f} %")
-    print("top operators (self CPU, fwd + bwd + step):")
-    for op in result["top_ops"]:
+    if args.case:
+        torch.set_num_threads(args.threads)
+        print(json.dumps(profile(args.steps)))
+        return
+    ours = measure(REPO / "src", args.steps, args.threads)
+    with tempfile.TemporaryDirectory(prefix="prn-bench-") as scratch:
+        checkout = Path(scratch) / "baseline"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(checkout), BASELINE], check=True,
+                       capture_output=True)
+        try:
+            baseline = measure(checkout / "src", args.steps, args.threads)
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(checkout)],
+                           capture_output=True)
+    print(f"one training step, batch {BATCH}, {SIZE} px, {args.threads} torch threads ({machine()})")
+    print(f"  {'part':<32}{'baseline s':>11}{'now s':>9}{'now %':>8}")
+    total = ours["median_s"]["total"]
+    for name, seconds in ours["median_s"].items():
+        print(f"  {name:<32}{baseline['median_s'].get(name, 0.0):>11.3f}{seconds:>9.3f}{100 * seconds / total:>7.1f} %")
+    print("top operators now (self CPU, fwd + bwd + step):")
+    for op in ours["top_ops"]:
         print(f"  {op['op']:<48}{op['self_cpu_s']:>8.3f} s {op['calls']:>5} calls")
-    write_result("profile_step", result)
+    write_result("profile_step", {**ours, "threads": args.threads, "baseline": baseline, "baseline_commit": BASELINE})
 
 
 if __name__ == "__main__":

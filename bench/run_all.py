@@ -75,13 +75,17 @@ def section_table(rows: list[dict]) -> list[str]:
 
 
 def profile_table(payload: dict) -> list[str]:
-    median = payload["median_s"]
-    total = median["total"]
-    lines = [f"One CPU training step, batch {payload['batch']}, {payload['image_size']} px, bundled Lite0 "
-             f"({payload['images_per_s']} images/s in this isolated loop; bench/profile_training_step.py):", "",
-             "| part | s | share |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {seconds:.3f} | {100 * seconds / total:.1f} % |" for name, seconds in median.items()]
-    lines += ["", "Operators with the most self time (fwd + bwd + step):", "", "| operator | s | calls |",
+    now, before = payload["median_s"], payload["baseline"]["median_s"]
+    lines = [f"One CPU training step, batch {payload['batch']}, {payload['image_size']} px, bundled Lite0, "
+             f"{payload['threads']} torch thread(s), median of {payload['steps']} steps "
+             "(bench/profile_training_step.py; an isolated loop: no loader, no Lightning). "
+             f"Baseline = commit {payload['baseline_commit']}.", "",
+             "| part | baseline s | now s | now share |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {before.get(name, 0.0):.3f} | {seconds:.3f} | {100 * seconds / now['total']:.1f} % |"
+              for name, seconds in now.items()]
+    rates = f"baseline {payload['baseline']['images_per_s']}, now {payload['images_per_s']}"
+    lines += ["", f"images/s in this loop: {rates}",
+              "", "Operators with the most self time now (fwd + bwd + step):", "", "| operator | s | calls |",
               "| --- | --- | --- |"]
     lines += [f"| `{op['op']}` | {op['self_cpu_s']:.3f} | {op['calls']} |" for op in payload["top_ops"][:10]]
     return lines
