@@ -25,7 +25,7 @@ train: $(STAMP)
 	$(BIN)/prn make-train "$(DATASET)" "$(CATEGORY)" $(ARGS)
 
 test: lint
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python tests/run_each_file.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
