@@ -24,6 +24,7 @@ from prn_lightning.metrics.ranking import (
     auroc,
     average_precision,
     binary_auroc,
+    on_one_intra_op_thread,
     precision_recall,
     ranking_curve,
     roc,
@@ -146,6 +147,7 @@ class AnomalyMetrics(PixelMetric):
                 self._evaluate()
         return self._evaluation
 
+    @on_one_intra_op_thread
     def _evaluate(self) -> _Evaluation:
         if self._evaluation is not None:
             return self._evaluation

@@ -6,7 +6,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from prn_lightning.metrics.inputs import check_binary, check_same_shape, check_scores, check_vector
-from prn_lightning.metrics.ranking import binary_auroc
+from prn_lightning.metrics.ranking import binary_auroc, on_one_intra_op_thread
 from prn_lightning.metrics.states import concatenated
 
 
@@ -29,5 +29,6 @@ class ImageAUROC(Metric):
         self.scores.append(scores.detach().clone())
         self.labels.append(labels.clone())
 
+    @on_one_intra_op_thread
     def compute(self) -> Tensor:
         return binary_auroc(concatenated(self, "scores"), concatenated(self, "labels", torch.bool))

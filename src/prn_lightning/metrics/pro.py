@@ -20,7 +20,7 @@ from torch import Tensor
 from torchmetrics.utilities import rank_zero_warn
 
 from prn_lightning.metrics.inputs import MetricInputError
-from prn_lightning.metrics.ranking import RankingCurve
+from prn_lightning.metrics.ranking import RankingCurve, on_one_intra_op_thread
 from prn_lightning.metrics.regions import label_regions
 from prn_lightning.metrics.states import PixelMetric, concatenated
 
@@ -140,6 +140,7 @@ class AUPRO(PixelMetric):
         self.region_sizes.append(sizes)
         self.region_counts.append(counts)
 
+    @on_one_intra_op_thread
     def compute(self) -> Tensor:
         curve = self._pixel_curve()
         inverse_sizes = 1.0 / concatenated(self, "region_sizes", torch.float64)
