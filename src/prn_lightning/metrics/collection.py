@@ -24,13 +24,13 @@ from prn_lightning.metrics.ranking import (
     auroc,
     average_precision,
     binary_auroc,
-    on_one_intra_op_thread,
     precision_recall,
     ranking_curve,
     roc,
 )
 from prn_lightning.metrics.regions import label_regions
 from prn_lightning.metrics.states import PixelMetric, concatenated
+from prn_lightning.synthesis.threads import on_one_intra_op_thread
 
 MAX_CURVE_POINTS = 2000
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from prn_lightning.metrics.ranking import average_precision, on_one_intra_op_thread
+from prn_lightning.metrics.ranking import average_precision
 from prn_lightning.metrics.states import PixelMetric
+from prn_lightning.synthesis.threads import on_one_intra_op_thread
 
 
 class PixelAP(PixelMetric):

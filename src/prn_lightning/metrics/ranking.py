@@ -9,44 +9,17 @@ their device. Counts are int64 (AUROC's area is an exact integer sum) and everyt
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics.utilities import rank_zero_warn
 
-P = ParamSpec("P")
-R = TypeVar("R")
 PARALLEL_SORT_MIN = 1 << 20  # below ~1 M scores one sort is quicker than splitting
-
-
-def on_one_intra_op_thread(function: Callable[P, R]) -> Callable[P, R]:
-    """Run `function` with one torch intra-op thread, then restore the setting.
-
-    After the sort, a metric is a chain of ~100 small memory-bound tensor ops. With two intra-op threads each op
-    waits at a barrier for both, and when other processes hold the cores every wait can last a scheduler slice:
-    on 2 busy cores, all four metrics on 200 maps took 1.2-1.5 s with two threads and 0.6 s with one (the sort
-    itself runs on its own NumPy threads).
-    """
-    @functools.wraps(function)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        threads = torch.get_num_threads()
-        if threads == 1:
-            return function(*args, **kwargs)
-        torch.set_num_threads(1)
-        try:
-            return function(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-
-    return wrapper
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import math
 import torch
 
 from prn_lightning.config_checks import check_perlin
+from prn_lightning.synthesis.threads import on_one_intra_op_thread
 
 MAX_REDRAWS = 100
 CPU_CHUNK_PIXELS = 2**18  # on CPU, evaluate ~4 images of 256x256 at a time: the temporaries then stay in cache
@@ -85,6 +86,7 @@ def perlin_noise(batch: int, height: int, width: int, *, min_scale: int, max_sca
     return torch.cat([evaluate(slice(start, start + chunk)) for start in range(0, batch, chunk)])
 
 
+@on_one_intra_op_thread
 def perlin_masks(batch: int, height: int, width: int, *, min_scale: int, max_scale: int, threshold: float,
                  rotation_deg: float, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
     """Binary anomaly masks (B, 1, H, W) float in {0, 1}: thresholded Perlin noise, never empty.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from prn_lightning.config_checks import check_beta
+from prn_lightning.synthesis.threads import on_one_intra_op_thread
 
 
 def sample_beta(batch: int, beta_range: tuple[float, float], *, generator: torch.Generator,
@@ -19,6 +20,7 @@ def sample_beta(batch: int, beta_range: tuple[float, float], *, generator: torch
     return low + (high - low) * beta
 
 
+@on_one_intra_op_thread
 def simulate_anomalies(normal: torch.Tensor, source: torch.Tensor, mask: torch.Tensor,
                        beta: torch.Tensor) -> torch.Tensor:
     """S = (1 - M) * N + (1 - beta) * (M * A) + beta * (M * N) for normal N (B,3,H,W), source A (B,3,H,W),
