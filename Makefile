@@ -28,7 +28,7 @@ test: lint
 	$(BIN)/python tests/run_each_file.py $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 
 # The benchmarks compare with anomalib: the optional `bench` extra (anomalib, pinned in constraints.txt).
 $(VENV)/.installed-bench: $(STAMP)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +247,54 @@ def test_export_mistakes_are_one_line(checkpoint: Path, tmp_path: Path, capsys: 
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelFileError, match="metadata.json is missing"):
         load_inferencer(tmp_path / "empty")
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "onnxruntime_predict.py"
+
+
+def test_readme_onnxruntime_example_runs_without_this_package(checkpoint: Path, exported, tmp_path: Path) -> None:
+    """The README's ten-line onnxruntime script (examples/, quoted verbatim) scores like `prn predict`, with
+    prn_lightning made unimportable in its process."""
+    readme = (EXAMPLE.parents[1] / "README.md").read_text()
+    code = EXAMPLE.read_text()
+    assert code.split('"""', 2)[2].strip() in readme
+    root = shared_data_root() / "kolektor"
+    source = root / "test" if root.is_dir() else checkpoint.parents[2] / "data" / "texture" / "test"
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted(p for sub in source.iterdir() for p in list_images(sub))[:4]:  # at their own sizes
+        (folder / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    images = sorted(folder.iterdir())
+    runner = ("import runpy, sys; sys.modules['prn_lightning'] = None; sys.argv = sys.argv[1:]; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", runner, str(EXAMPLE), str(exported["onnx"]), *map(str, images)],
+                            capture_output=True, text=True, check=True)
+    printed = [line.rsplit(" ", 2) for line in result.stdout.strip().splitlines()]
+    assert main(["predict", f"ckpt={checkpoint}", f"input={folder}", f"out={tmp_path / 'pred'}"]) == 0
+    with (tmp_path / "pred" / "scores.csv").open() as handle:
+        by_checkpoint = {Path(row["image_path"]).name: row for row in csv.DictReader(handle)}
+    assert [Path(p).name for p, _, _ in printed] == [p.name for p in images]
+    for path, score, decision in printed:
+        row = by_checkpoint[Path(path).name]
+        assert abs(float(score) - float(row["score"])) <= MAP_TOLERANCE
+        assert (decision == "anomalous") == (row["is_anomalous"] in ("1", "True", "true"))
+
+
+def test_openvino_precision_is_a_predict_option(checkpoint: Path, exported, real_images, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """predict.openvino_precision reaches the OpenVINO plugin (bf16: faster where the CPU has it, maps within 1e-2);
+    a value it does not know is one line."""
+    _, queries = real_images
+    xml = exported["openvino"] / "model.xml"
+    exact_maps, _ = load_inferencer(xml).predict(queries.numpy())
+    fast = load_inferencer(xml, openvino_precision="bf16")
+    import openvino
+
+    has_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    hint = fast.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    assert hint == ("bf16" if has_bf16 else "f32")
+    fast_maps, _ = fast.predict(queries.numpy())
+    assert np.abs(fast_maps - exact_maps).max() <= 1e-2
+    assert main(["predict", f"model={xml}", f"input={tmp_path}", f"out={tmp_path / 'o'}",
+                 "predict.openvino_precision=int8"]) == 2
+    assert "predict.openvino_precision" in capsys.readouterr().err

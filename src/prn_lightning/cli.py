@@ -49,7 +49,8 @@ def _predict(args: argparse.Namespace) -> None:
         raise ConfigError("prn predict needs one of ckpt=PATH or model=DIR/model.onnx|model.xml|model.pt, "
                           "and input=IMAGE_OR_DIR out=DIR")
     csv_path = run_predict(Path(cfg.ckpt or models[0]), Path(cfg.predict.input), Path(cfg.predict.out),
-                           batch_size=int(cfg.data.eval_batch_size))
+                           batch_size=int(cfg.data.eval_batch_size),
+                           openvino_precision=str(cfg.predict.openvino_precision))
     print(f"scores: {csv_path}")
 
 

@@ -100,6 +100,8 @@ DEFECT_AUGMENTATIONS = ("photometric", "geometric", "none")  # data.seen_augment
 SOURCE_AUGMENTATION_OPS = ("gamma", "brightness_contrast", "sharpness", "hue_saturation", "solarize", "posterize",
                            "invert", "autocontrast", "equalize", "rotate")  # DRAEM's augmenters for anomaly sources
 
+OPENVINO_PRECISIONS = ("f32", "bf16", "f16", "default")  # predict.openvino_precision: the CPU plugin's hint
+
 RULES: dict[str, Rule] = {
     "seed": integer(0, 2**32 - 1),
     "runs_root": PATH,
@@ -110,6 +112,7 @@ RULES: dict[str, Rule] = {
     "evaluate_on_other_data": BOOL,
     "predict.input": optional(PATH),
     "predict.out": optional(PATH),
+    "predict.openvino_precision": choice(*OPENVINO_PRECISIONS),
     # data
     "data.dataset": TEXT,
     "data.root": PATH,

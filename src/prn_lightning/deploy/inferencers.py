@@ -115,13 +115,14 @@ def model_file(path: str | Path) -> Path:
     return path
 
 
-def load_inferencer(path: str | Path, device: str | None = None) -> Inferencer:
+def load_inferencer(path: str | Path, device: str | None = None, openvino_precision: str = "f32") -> Inferencer:
     """The inferencer for a checkpoint (.ckpt), TorchScript (.pt), ONNX (.onnx) or OpenVINO IR (.xml) file, or for
-    the folder `prn export` wrote. `device` applies to the PyTorch formats; ONNX and OpenVINO run on the CPU."""
+    the folder `prn export` wrote. `device` applies to the PyTorch formats; ONNX and OpenVINO run on the CPU.
+    `openvino_precision` (f32, bf16, f16, or default: the plugin's choice for this CPU) applies to OpenVINO."""
     path = model_file(path)
     kind = SUFFIXES[path.suffix]
     if kind in ("checkpoint", "torchscript"):
         return TorchInferencer(path, device)
     if kind == "onnx":
         return OnnxRuntimeInferencer(path)
-    return OpenVINOInferencer(path)
+    return OpenVINOInferencer(path, None if openvino_precision == "default" else openvino_precision)

@@ -76,18 +76,20 @@ def _overlay_names(images: list[Path], root: Path) -> list[Path]:
 
 
 def run_predict(
-    model: str | Path, input_path: str | Path, out_dir: str | Path, batch_size: int = 8, device: str | None = None
+    model: str | Path, input_path: str | Path, out_dir: str | Path, batch_size: int = 8, device: str | None = None,
+    openvino_precision: str = "f32",
 ) -> Path:
     """Score every image under `input_path` with `model` (a checkpoint, or a model file or folder written by
     `prn export`); writes `out_dir/scores.csv` and `out_dir/overlays/*.png`.
 
     CSV columns: image_path, score, threshold, is_anomalous (score >= threshold), width, height, overlay, error.
     An image that cannot be read is skipped and listed with the reason in `error` (its other columns empty); only
-    when no image can be read does the call fail (after writing scores.csv).
+    when no image can be read does the call fail (after writing scores.csv). `openvino_precision` is the OpenVINO
+    CPU plugin's inference precision for an .xml model (f32, bf16, f16, or default: the plugin's own choice).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
-    inferencer = load_inferencer(model, device)
+    inferencer = load_inferencer(model, device, openvino_precision)
     out_dir = Path(out_dir)
     images = find_images(input_path, exclude=out_dir)
     overlay_paths = {image: out_dir / "overlays" / name
