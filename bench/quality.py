@@ -9,7 +9,7 @@ are removed and the maps are compared at the same resolution with the same exact
 mean +- std over seeds, wall times) go to bench/results/quality.md and quality.json. Finished runs are kept under
 --runs-root and reused, so a stopped benchmark resumes where it left off.
 
-    make bench-quality                                  # 3 seeds, all four sets, --fast-coreset (~2 h 15 min on 2 cores)
+    make bench-quality                       # 3 seeds, all four sets, --fast-coreset (~2 h 15 min on 2 cores)
     .venv/bin/python bench/quality.py --sets kolektor --seeds 1 --skip-patchcore
 """
 from __future__ import annotations

@@ -13,6 +13,7 @@ import prn_lightning
 LAYERS = (
     "prn_lightning.errors",        # the user-facing error types
     "prn_lightning.config_checks",  # type and range of every config value (used by every layer above)
+    "prn_lightning.torch_threads",  # one intra-op thread for chains of small CPU ops (synthesis, metrics)
     "prn_lightning.imaging",       # reading images and masks, tensors
     "prn_lightning.data.sources",  # where images come from: one file per dataset, downloads, the registry
     "prn_lightning.synthesis",     # seen/extended/simulated anomaly synthesis

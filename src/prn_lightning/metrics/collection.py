@@ -30,7 +30,7 @@ from prn_lightning.metrics.ranking import (
 )
 from prn_lightning.metrics.regions import label_regions
 from prn_lightning.metrics.states import PixelMetric, concatenated
-from prn_lightning.synthesis.threads import on_one_intra_op_thread
+from prn_lightning.torch_threads import on_one_intra_op_thread
 
 MAX_CURVE_POINTS = 2000
 

@@ -8,7 +8,7 @@ from torchmetrics import Metric
 from prn_lightning.metrics.inputs import check_binary, check_same_shape, check_scores, check_vector
 from prn_lightning.metrics.ranking import binary_auroc
 from prn_lightning.metrics.states import concatenated
-from prn_lightning.synthesis.threads import on_one_intra_op_thread
+from prn_lightning.torch_threads import on_one_intra_op_thread
 
 
 class ImageAUROC(Metric):

@@ -5,7 +5,7 @@ from torch import Tensor
 
 from prn_lightning.metrics.ranking import auroc
 from prn_lightning.metrics.states import PixelMetric
-from prn_lightning.synthesis.threads import on_one_intra_op_thread
+from prn_lightning.torch_threads import on_one_intra_op_thread
 
 
 class PixelAUROC(PixelMetric):

@@ -23,7 +23,7 @@ from prn_lightning.metrics.inputs import MetricInputError
 from prn_lightning.metrics.ranking import RankingCurve
 from prn_lightning.metrics.regions import label_regions
 from prn_lightning.metrics.states import PixelMetric, concatenated
-from prn_lightning.synthesis.threads import on_one_intra_op_thread
+from prn_lightning.torch_threads import on_one_intra_op_thread
 
 
 def check_fpr_limit(fpr_limit: float) -> float:

@@ -14,7 +14,7 @@ import math
 import torch
 
 from prn_lightning.config_checks import check_perlin
-from prn_lightning.synthesis.threads import on_one_intra_op_thread
+from prn_lightning.torch_threads import on_one_intra_op_thread
 
 MAX_REDRAWS = 100
 CPU_CHUNK_PIXELS = 2**16  # on CPU, one 256x256 image at a time: its temporaries stay in cache (16 % less than 4)

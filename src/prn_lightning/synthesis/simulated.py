@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from prn_lightning.config_checks import check_beta
-from prn_lightning.synthesis.threads import on_one_intra_op_thread
+from prn_lightning.torch_threads import on_one_intra_op_thread
 
 CPU_CHUNK_VALUES = 1 << 18  # ~4 RGB images of 128 px or one of 256 px per step on CPU
 
