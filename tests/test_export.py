@@ -204,14 +204,20 @@ def test_prn_export_writes_each_format_and_its_metadata(checkpoint: Path, export
         np.testing.assert_array_equal(scores >= metadata["threshold"], expected_scores >= metadata["threshold"])
 
 
-def test_prn_predict_writes_the_same_scores_and_overlays_for_every_format(checkpoint: Path, exported,
-                                                                          tmp_path: Path) -> None:
+def copy_test_images(checkpoint: Path, folder: Path, count: int) -> Path:
+    """The first `count` Kolektor test images (the checkpoint's synthetic test set without ../shared), copied at
+    their own sizes into `folder` as <defect>_<name>."""
     root = shared_data_root() / "kolektor"
     source = root / "test" if root.is_dir() else checkpoint.parents[2] / "data" / "texture" / "test"
-    images = tmp_path / "images"
-    images.mkdir()
-    for path in sorted(p for folder in source.iterdir() for p in list_images(folder))[:6]:  # at their own sizes
-        (images / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    folder.mkdir()
+    for path in sorted(p for sub in source.iterdir() for p in list_images(sub))[:count]:
+        (folder / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    return folder
+
+
+def test_prn_predict_writes_the_same_scores_and_overlays_for_every_format(checkpoint: Path, exported,
+                                                                          tmp_path: Path) -> None:
+    images = copy_test_images(checkpoint, tmp_path / "images", 6)
 
     def predict(source_arg: str, name: str) -> list[dict]:
         assert main(["predict", source_arg, f"input={images}", f"out={tmp_path / name}"]) == 0
@@ -258,12 +264,7 @@ def test_readme_onnxruntime_example_runs_without_this_package(checkpoint: Path, 
     readme = (EXAMPLE.parents[1] / "README.md").read_text()
     code = EXAMPLE.read_text()
     assert code.split('"""', 2)[2].strip() in readme
-    root = shared_data_root() / "kolektor"
-    source = root / "test" if root.is_dir() else checkpoint.parents[2] / "data" / "texture" / "test"
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for path in sorted(p for sub in source.iterdir() for p in list_images(sub))[:4]:  # at their own sizes
-        (folder / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    folder = copy_test_images(checkpoint, tmp_path / "images", 4)
     images = sorted(folder.iterdir())
     runner = ("import runpy, sys; sys.modules['prn_lightning'] = None; sys.argv = sys.argv[1:]; "
               "runpy.run_path(sys.argv[0], run_name='__main__')")
