@@ -1,8 +1,8 @@
 """Detection quality: PRN's CPU recipe against anomalib's PatchCore on the same test sets, over several seeds.
 
-For each set (the shared real categories kolektor, magnetic_tile, tire and the default `make train` run on the
-embedded synthetic texture) and each seed, PRN is trained and tested by the CLI in a subprocess (the experiment's
-own checkpoint policy), and anomalib 2.7's PatchCore (`PatchcoreModel`, the same bundled EfficientNet-Lite0
+For each set (the shared real categories kolektor, magnetic_tile, tire, each with its data file
+experiments/data/NAME.yaml, and the default `make train` run on the embedded synthetic texture) and each seed, PRN is
+trained and tested by the CLI in a subprocess (the experiment's own checkpoint policy), and anomalib 2.7's PatchCore (`PatchcoreModel`, the same bundled EfficientNet-Lite0
 weights, stride-8 and stride-16 stages, coreset 1 %, 9 neighbours) is fitted on the same normal training images and
 scored on the same test split: the datamodule is built from the same config and seed, so the same seen anomalies
 are removed and the maps are compared at the same resolution with the same exact metrics. Results (I / P / O / A,
@@ -39,10 +39,11 @@ def shared_root() -> Path:
 
 
 def set_overrides(name: str, data_root: Path, textures: Path | None) -> list[str]:
-    """The experiment for one set: the folder CPU experiment on a shared category, or `make train`'s default."""
+    """The experiment for one set: the folder CPU experiment with the set's own data file (experiments/data/NAME.yaml:
+    its category and input size), or `make train`'s default."""
     if name == "default":
         return ["experiment=synthetic_cpu"]
-    overrides = ["experiment=folder_cpu", f"data.root={data_root}", f"data.category={name}"]
+    overrides = ["experiment=folder_cpu", f"data={name}", f"data.root={data_root}"]
     if textures is not None:
         overrides.append(f"data.texture_dir={textures}")
     return overrides
