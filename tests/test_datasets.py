@@ -146,7 +146,7 @@ def test_a_run_config_from_before_the_new_keys_keeps_its_behaviour(splits):
     assert next(iter(dm.test_dataloader()))["image"].shape[1:] == (3, 64, 64)
 
 
-@pytest.mark.parametrize("name, size", [("kolektor", [512, 192]), ("magnetic_tile", 256), ("tire", [288, 384])])
+@pytest.mark.parametrize("name, size", [("kolektor", [512, 192]), ("magnetic_tile", 256), ("tire", 256)])
 def test_shared_set_data_files_compose_with_the_cpu_experiment(name, size):
     cfg = load_config(["experiment=folder_cpu", f"data={name}"])
     assert (cfg.data.dataset, cfg.data.root, cfg.data.category) == ("folder", "../shared/data", name)
