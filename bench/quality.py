@@ -1,15 +1,16 @@
 """Detection quality: PRN's CPU recipe against anomalib's PatchCore on the same test sets, over several seeds.
 
 For each set (the shared real categories kolektor, magnetic_tile, tire, each with its data file
-experiments/data/NAME.yaml, and the default `make train` run on the embedded synthetic texture) and each seed, PRN is
-trained and tested by the CLI in a subprocess (the experiment's own checkpoint policy), and anomalib 2.7's PatchCore (`PatchcoreModel`, the same bundled EfficientNet-Lite0
-weights, stride-8 and stride-16 stages, coreset 1 %, 9 neighbours) is fitted on the same normal training images and
-scored on the same test split: the datamodule is built from the same config and seed, so the same seen anomalies
-are removed and the maps are compared at the same resolution with the same exact metrics. Results (I / P / O / A,
-mean +- std over seeds, wall times) go to bench/results/quality.md and quality.json. Finished runs are kept under
---runs-root and reused, so a stopped benchmark resumes where it left off.
+experiments/data/NAME.yaml and, where it has one, its own experiment NAME_cpu.yaml, and the default `make train` run
+on the embedded synthetic texture) and each seed, PRN is trained and tested by the CLI in a subprocess (the
+experiment's own checkpoint policy), and anomalib 2.7's PatchCore (`PatchcoreModel`, the same bundled
+EfficientNet-Lite0 weights, stride-8 and stride-16 stages, coreset 1 %, 9 neighbours) is fitted on the same normal
+training images and scored on the same test split: the datamodule is built from the same config and seed, so the
+same seen anomalies are removed and the maps are compared at the same resolution with the same exact metrics.
+Results (I / P / O / A, mean +- std over seeds, wall times) go to bench/results/quality.md and quality.json. Finished
+runs are kept under --runs-root and reused, so a stopped benchmark resumes where it left off.
 
-    make bench-quality                       # 3 seeds, all four sets, --fast-coreset (~2 h 15 min on 2 cores)
+    make bench-quality                       # 3 seeds, all four sets, --fast-coreset (~2 h 30 min on 2 cores)
     .venv/bin/python bench/quality.py --sets kolektor --seeds 1 --skip-patchcore
 """
 from __future__ import annotations
@@ -39,11 +40,16 @@ def shared_root() -> Path:
 
 
 def set_overrides(name: str, data_root: Path, textures: Path | None) -> list[str]:
-    """The experiment for one set: the folder CPU experiment with the set's own data file (experiments/data/NAME.yaml:
-    its category and input size), or `make train`'s default."""
+    """The experiment for one set: its own CPU experiment (experiments/experiment/NAME_cpu.yaml) where it has one,
+    else the folder CPU experiment with the set's data file (experiments/data/NAME.yaml: its category and input
+    size); `make train`'s default for `default`."""
     if name == "default":
         return ["experiment=synthetic_cpu"]
-    overrides = ["experiment=folder_cpu", f"data={name}", f"data.root={data_root}"]
+    from prn_lightning.config import experiments_dir
+
+    own = (experiments_dir() / "experiment" / f"{name}_cpu.yaml").is_file()
+    overrides = [f"experiment={name}_cpu"] if own else ["experiment=folder_cpu", f"data={name}"]
+    overrides.append(f"data.root={data_root}")
     if textures is not None:
         overrides.append(f"data.texture_dir={textures}")
     return overrides

@@ -151,3 +151,17 @@ def test_shared_set_data_files_compose_with_the_cpu_experiment(name, size):
     cfg = load_config(["experiment=folder_cpu", f"data={name}"])
     assert (cfg.data.dataset, cfg.data.root, cfg.data.category) == ("folder", "../shared/data", name)
     assert OmegaConf.to_container(cfg.data)["image_size"] == size and cfg.data.resize == "squash"
+
+
+def test_tire_experiment_is_the_folder_recipe_with_per_location_matching():
+    """`experiment=tire_cpu` (the quality benchmark's tire run) differs from the folder CPU recipe on the tire data
+    file by the prototype matching alone."""
+    own = OmegaConf.to_container(load_config(["experiment=tire_cpu"]))
+    folder = OmegaConf.to_container(load_config(["experiment=folder_cpu", "data=tire"]))
+    assert own["experiment"] == "tire_cpu"
+    assert (own["model"]["prototype_match"], own["model"]["prototype_neighbourhood"]) == ("location", 1)
+    for config in (own, folder):
+        config.pop("experiment")
+        del config["model"]["prototype_match"], config["model"]["prototype_neighbourhood"]
+    assert own == folder
+    assert config_problems(load_config(["experiment=tire_cpu"])) == []
