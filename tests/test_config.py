@@ -26,8 +26,8 @@ def test_default_composes_with_documented_defaults():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment):
     cfg = load_config([f"experiment={experiment}"])
-    dataset = experiment.split("_")[0]
-    assert cfg.data.dataset == dataset
+    name = experiment.rsplit("_cpu", 1)[0].split("_gpu")[0]  # the dataset, or a shared folder category (tire_cpu)
+    assert name in (cfg.data.dataset, cfg.data.category if cfg.data.dataset == "folder" else None)
     assert cfg.trainer.accelerator == ("cpu" if experiment.endswith("_cpu") else "gpu")
     if "resnet18" in experiment:
         assert cfg.model.backbone.name == "resnet18" and cfg.model.backbone.weights == "timm"
