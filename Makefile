@@ -38,7 +38,7 @@ $(VENV)/.installed-bench: $(STAMP)
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/run_all.py $(ARGS)
 
-# PRN's CPU recipe vs anomalib PatchCore on the shared sets + the default run, 3 seeds (about 2 h 30 min on 2 cores);
+# PRN's CPU recipe vs anomalib PatchCore on the shared sets + the default run, 3 seeds (about 2 h 50 min on 2 cores);
 # --fast-coreset: anomalib's greedy coreset with one matrix-vector product per step (see bench/quality.py)
 bench-quality: $(VENV)/.installed-bench
 	$(BIN)/python bench/quality.py --fast-coreset $(ARGS)

@@ -10,7 +10,7 @@ same seen anomalies are removed and the maps are compared at the same resolution
 Results (I / P / O / A, mean +- std over seeds, wall times) go to bench/results/quality.md and quality.json. Finished
 runs are kept under --runs-root and reused, so a stopped benchmark resumes where it left off.
 
-    make bench-quality                       # 3 seeds, all four sets, --fast-coreset (~2 h 30 min on 2 cores)
+    make bench-quality                       # 3 seeds, all four sets, --fast-coreset (~2 h 50 min on 2 cores)
     .venv/bin/python bench/quality.py --sets kolektor --seeds 1 --skip-patchcore
 """
 from __future__ import annotations

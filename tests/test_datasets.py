@@ -153,15 +153,21 @@ def test_shared_set_data_files_compose_with_the_cpu_experiment(name, size):
     assert OmegaConf.to_container(cfg.data)["image_size"] == size and cfg.data.resize == "squash"
 
 
-def test_tire_experiment_is_the_folder_recipe_with_per_location_matching():
-    """`experiment=tire_cpu` (the quality benchmark's tire run) differs from the folder CPU recipe on the tire data
-    file by the prototype matching alone."""
-    own = OmegaConf.to_container(load_config(["experiment=tire_cpu"]))
-    folder = OmegaConf.to_container(load_config(["experiment=folder_cpu", "data=tire"]))
-    assert own["experiment"] == "tire_cpu"
-    assert (own["model"]["prototype_match"], own["model"]["prototype_neighbourhood"]) == ("location", 1)
+@pytest.mark.parametrize("name, own_keys", [
+    ("tire", {("model", "prototype_match"): "location", ("model", "prototype_neighbourhood"): 1}),
+    ("magnetic_tile", {("trainer", "max_epochs"): 15}),
+])
+def test_shared_set_experiment_is_the_folder_recipe_with_its_own_keys(name, own_keys):
+    """`experiment=NAME_cpu` (the quality benchmark's run of a shared set) differs from the folder CPU recipe on that
+    set's data file by its documented keys alone (tire: per-location matching; magnetic_tile: a longer schedule)."""
+    own = OmegaConf.to_container(load_config([f"experiment={name}_cpu"]))
+    folder = OmegaConf.to_container(load_config(["experiment=folder_cpu", f"data={name}"]))
+    assert own["experiment"] == f"{name}_cpu"
+    for (group, key), value in own_keys.items():
+        assert own[group][key] == value != folder[group][key]
     for config in (own, folder):
         config.pop("experiment")
-        del config["model"]["prototype_match"], config["model"]["prototype_neighbourhood"]
+        for group, key in own_keys:
+            del config[group][key]
     assert own == folder
-    assert config_problems(load_config(["experiment=tire_cpu"])) == []
+    assert config_problems(load_config([f"experiment={name}_cpu"])) == []
