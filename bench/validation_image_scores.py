@@ -1,5 +1,6 @@
 """Image-score variants on a finished run's validation split (never its test split): which way of turning an
-anomaly map into one score separates the validation normals from the simulated anomalies best.
+anomaly map into one score separates the validation normals from the simulated anomalies best, and, for a run
+with real validation anomalies (`data.num_val_anomalies` > 0), from those real ones alone.
 
 Variants: the mean of the top-k pixels (k = 10, 100 (the default `model.topk`), 1000) and, after Gaussian smoothing
 with sigma 4, the maximum and the top-100 mean. Prints one line per run with the image AUROC of each.
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from prn_lightning.data.datamodule import PRNDataModule
+from prn_lightning.data.seen import SEEN_LIST
 from prn_lightning.models.prn.lightning_module import PRNModule
 from prn_lightning.models.prn.scoring import anomaly_map, gaussian_blur, image_score
 
@@ -29,17 +31,23 @@ def variants(maps: torch.Tensor) -> dict[str, torch.Tensor]:
 def main() -> None:
     for run in map(Path, sys.argv[1:]):
         cfg = OmegaConf.load(run / "config.yaml")
-        datamodule = PRNDataModule(cfg.data, seed=int(cfg.seed), run_dir=run)
+        datamodule = PRNDataModule(cfg.data, seed=int(cfg.seed), seen_list=run / SEEN_LIST)
         datamodule.setup("fit")
         module = PRNModule.from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
-        maps, labels = [], []
+        maps, labels, real = [], [], []
         with torch.inference_mode():
             for batch in datamodule.val_dataloader():
                 maps.append(anomaly_map(module.network(batch["image"]), float(cfg.model.map_smoothing_sigma)))
                 labels.append(batch["label"])
-        scores, truth = variants(torch.cat(maps)), torch.cat(labels).numpy()
+                real.append(batch["defect_id"] >= 0)
+        scores, truth, real = variants(torch.cat(maps)), torch.cat(labels).numpy(), torch.cat(real).numpy()
         aurocs = ", ".join(f"{name} {roc_auc_score(truth, s.numpy()):.4f}" for name, s in scores.items())
         print(f"{run}: {int((truth == 0).sum())} normal, {int((truth == 1).sum())} anomalous; image AUROC {aurocs}")
+        if real.any():
+            kept = (truth == 0) | real
+            aurocs = ", ".join(f"{name} {roc_auc_score(truth[kept], s.numpy()[kept]):.4f}"
+                               for name, s in scores.items())
+            print(f"  the {int(real.sum())} real validation anomalies against the normals: image AUROC {aurocs}")
 
 
 if __name__ == "__main__":

@@ -121,6 +121,46 @@ def test_validation_anomalies_are_fixed_and_on_held_out_normals(dataset_root):
     assert set(p for b in first for p in b["image_path"]) == {str(s.image_path) for s in dm.val_samples}
 
 
+def test_real_validation_anomalies_stay_out_of_training_and_test(dataset_root, tmp_path):
+    dm = make(dataset_root, run_dir=tmp_path / "run", num_val_anomalies=4)
+    plain = make(dataset_root)
+    assert [s.image_path for s in dm.seen_anomalies] == [s.image_path for s in plain.seen_anomalies]
+    real = {s.image_path for s in dm.val_anomalies}
+    assert len(real) == 4 and not real & {s.image_path for s in dm.test_samples + dm.seen_anomalies}
+    assert len(dm.test_samples) == len(plain.test_samples) - 4
+    assert dm.train_normals == plain.train_normals and dm.val_samples == plain.val_samples
+    # 3 held-out normals, the 4 real anomalies with their own masks and defect ids, 2 simulated per normal
+    records = [dm.val_dataset[i] for i in range(len(dm.val_dataset))]
+    assert len(records) == 3 + 4 + 3 * 2
+    found = [r for r in records if r["defect_id"] >= 0]
+    assert {Path(r["image_path"]) for r in found} == real
+    assert all(r["label"] == 1 and r["mask"].any() for r in found)
+    assert {dm.defect_types[r["defect_id"]] for r in found} == {s.defect_type for s in dm.val_anomalies}
+    simulated = [r for r in records if r["label"] == 1 and r["defect_id"] == -1]
+    plain_simulated = [plain.val_dataset[i] for i in range(3, len(plain.val_dataset))]
+    assert len(simulated) == len(plain_simulated) == 6  # the same simulated anomalies as without real ones
+    for a, b in zip(simulated, plain_simulated):
+        assert a["image_path"] == b["image_path"] and torch.equal(a["image"], b["image"])
+        assert torch.equal(a["mask"], b["mask"])
+    # recorded beside the seen list: `prn test` and resumed runs take both lists, not a new draw
+    recorded = tmp_path / "run" / "val_anomalies.txt"
+    assert [s.image_path for s in read_seen_list(recorded)] == [s.image_path for s in dm.val_anomalies]
+    again = PRNDataModule(data_cfg(dataset_root, num_val_anomalies=4), seed=5,
+                          seen_list=tmp_path / "run" / "seen_anomalies.txt")
+    again.setup("test")
+    for name in ("seen_anomalies", "val_anomalies", "test_samples"):
+        assert [s.image_path for s in getattr(again, name)] == [s.image_path for s in getattr(dm, name)], name
+
+
+def test_a_run_without_its_validation_anomaly_list_is_refused(dataset_root, tmp_path):
+    make(dataset_root, run_dir=tmp_path / "run", num_val_anomalies=2)
+    (tmp_path / "run" / "val_anomalies.txt").unlink()
+    dm = PRNDataModule(data_cfg(dataset_root, num_val_anomalies=2), seed=0,
+                       seen_list=tmp_path / "run" / "seen_anomalies.txt")
+    with pytest.raises(DatasetError, match="num_val_anomalies=2 but their list .*val_anomalies.txt does not exist"):
+        dm.setup("test")
+
+
 def test_kind_counts_follow_the_config(dataset_root):
     dm = make(dataset_root, samples_per_epoch=40, anomaly_ratio=0.6,
               generation={"seen_weight": 1.0, "extended_weight": 1.0, "simulated_weight": 2.0})

@@ -70,6 +70,11 @@ def test_cross_key_rules():
         load_config(["data.anomaly_ratio=1.0"])
     with pytest.raises(ConfigError, match="model.topk=5000 .* 4096 pixels"):
         load_config(["model.topk=5000", "data.image_size=64"])
+    with pytest.raises(ConfigError, match="model.monitor=val/real_image_auroc .* data.num_val_anomalies=0"):
+        load_config(["model.monitor=val/real_image_auroc"])
+    with pytest.raises(ConfigError, match="data.num_val_anomalies=-1"):
+        load_config(["data.num_val_anomalies=-1"])
+    assert load_config(["model.monitor=val/real_pro", "data.num_val_anomalies=3"]).data.num_val_anomalies == 3
 
 
 def test_runs_root_must_be_a_writable_directory(tmp_path):

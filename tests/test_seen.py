@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from prn_lightning.data.seen import read_seen_list, select_seen_anomalies, split_seen, write_seen_list
+from prn_lightning.data.seen import (
+    read_seen_list,
+    select_held_out_anomalies,
+    select_seen_anomalies,
+    split_held_out,
+    split_seen,
+    write_seen_list,
+)
 from prn_lightning.data.sources.records import ANOMALOUS, NORMAL, CategorySplits, Sample
 from prn_lightning.errors import DatasetError
 
@@ -54,6 +61,30 @@ def test_zero_and_too_many():
         split_seen(splits, 4, 0)
     with pytest.raises(DatasetError, match="num_seen_anomalies"):
         split_seen(splits, -1, 0)
+
+
+def test_validation_anomalies_continue_the_draw_without_changing_the_seen_ones():
+    splits = _splits({"a": 5, "b": 5, "c": 5})
+    for seed in (0, 42):
+        seen, val, test = split_held_out(splits, 4, 5, seed)
+        assert seen == select_seen_anomalies(splits.test, 4, seed)  # asking for validation anomalies moves no seen one
+        assert seen + val == select_seen_anomalies(splits.test, 9, seed)  # one round-robin sequence
+        assert len(val) == 5 and not set(val) & set(seen) and not set(val) & set(test)
+        assert sorted(str(s.image_path) for s in seen + val + test) == sorted(str(s.image_path) for s in splits.test)
+        assert Counter(s.defect_type for s in seen + val) == {"a": 3, "b": 3, "c": 3}
+    assert split_held_out(splits, 4, 0, 1) == (*split_seen(splits, 4, 1)[:1], [], split_seen(splits, 4, 1)[1])
+
+
+def test_validation_anomalies_skip_empty_masks_and_name_both_keys_when_too_many():
+    splits = _splits({"a": 2, "b": 2})
+    empty = [s for s in splits.test if s.label == ANOMALOUS][:1]
+    seen, val = select_held_out_anomalies(splits.test, 1, 2, 0, unusable=empty)
+    assert not set(seen + val) & set(empty)
+    with pytest.raises(DatasetError, match=r"num_seen_anomalies=2 \+ data.num_val_anomalies=2 .* only 3 anomalous "
+                                           r".*1 more have an empty mask.*sum is at most 3"):
+        select_held_out_anomalies(splits.test, 2, 2, 0, unusable=empty)
+    with pytest.raises(DatasetError, match="num_val_anomalies must be >= 0"):
+        select_held_out_anomalies(splits.test, 1, -1, 0)
 
 
 def test_write_and_read_seen_list(tmp_path):

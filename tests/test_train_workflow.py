@@ -55,7 +55,8 @@ def test_run_directory_is_complete(finished_run: Path):
         "config.yaml", "seen_anomalies.txt", "checkpoints", "history.csv", "metrics.json", "per_defect.csv",
         "curves.png", "maps", "wandb"}
     metrics = json.loads((finished_run / "metrics.json").read_text())
-    assert set(metrics) == {*METRIC_KEYS, "num_test_images", "num_seen_anomalies", "dataset", "category", "seed",
+    assert set(metrics) == {*METRIC_KEYS, "num_test_images", "num_seen_anomalies", "num_val_anomalies", "dataset",
+                            "category", "seed",
                             "image_threshold", "checkpoint", "epochs", "wall_time_s", "prototypes_per_stage"}
     for key in METRIC_KEYS:
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -99,6 +100,26 @@ def test_checkpoint_reproduces_metrics_exactly(finished_run: Path, tmp_path):
     # the checkpoint holds the prototypes: loading does not re-cluster
     module = PRNModule.from_checkpoint(ckpt)
     assert module.network.prototypes.fitted
+
+
+def test_checkpoint_chosen_on_real_validation_anomalies(tmp_path):
+    """data.num_val_anomalies: real defects in validation pick the checkpoint; `prn test` keeps them out of the test."""
+    run = run_train(load_config(tiny_overrides(tmp_path, **{
+        "logger": "none", "data.num_val_anomalies": "4", "model.monitor": "val/real_image_auroc"})))
+    recorded = [line for line in (run / "val_anomalies.txt").read_text().splitlines() if not line.startswith("#")]
+    seen = [line for line in (run / "seen_anomalies.txt").read_text().splitlines() if not line.startswith("#")]
+    assert len(recorded) == 4 and not set(recorded) & set(seen)
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert all(0.0 <= float(r["val/real_image_auroc"]) <= 1.0 and r["val/real_pro"] for r in rows)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_val_anomalies"] == 4 and metrics["num_seen_anomalies"] == 4
+    best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    monitor = next(v for k, v in best["callbacks"].items() if "val/real_image_auroc" in k)
+    assert float(monitor["best_model_score"]) == max(float(r["val/real_image_auroc"]) for r in rows)
+    overrides = [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", f"run_dir={tmp_path / 'retest'}", "logger=none"]
+    result = run_test(load_config(overrides), overrides)
+    for key in METRIC_KEYS + ("num_test_images", "num_val_anomalies"):
+        assert result[key] == metrics[key], key
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path):

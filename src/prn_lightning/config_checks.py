@@ -122,6 +122,7 @@ RULES: dict[str, Rule] = {
     "data.image_size": IMAGE_SIZE,
     "data.resize": choice(*RESIZE_POLICIES),
     "data.num_seen_anomalies": integer(0),
+    "data.num_val_anomalies": integer(0),
     "data.val_fraction": number(0.0, 1.0, high_open=True),
     "data.val_synthetic_per_normal": integer(0),
     "data.anomaly_ratio": number(0.0, 1.0, low_open=True),
@@ -325,6 +326,13 @@ def _cross_problems(cfg: Any) -> list[str]:
         if ratio_present and spe_present and ratio == 1 and per_epoch is None:
             problems.append("data.samples_per_epoch=null is not allowed with data.anomaly_ratio=1: set "
                             "data.samples_per_epoch (the default derives it from the normal images of an epoch)")
+    monitor_present, monitor = _get(cfg, "model.monitor")
+    val_present, num_val = _get(cfg, "data.num_val_anomalies")
+    if (monitor_present and val_present and isinstance(monitor, str) and monitor.startswith("val/real_")
+            and RULES["data.num_val_anomalies"].accepts(num_val) and num_val == 0):
+        problems.append(f"model.monitor={monitor} is not allowed with data.num_val_anomalies=0: the validation "
+                        "split then holds no real anomaly; set data.num_val_anomalies (e.g. 5) or monitor "
+                        "val/pixel_ap")
     size_present, size = _get(cfg, "data.image_size")
     topk_present, topk = _get(cfg, "model.topk")
     if size_present and topk_present and IMAGE_SIZE.accepts(size) and RULES["model.topk"].accepts(topk):

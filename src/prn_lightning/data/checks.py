@@ -8,7 +8,7 @@ other formats decoded in full. Masks are decoded in full, at the training resolu
 What is found:
 - unreadable files (missing, empty, truncated, not an image): one error listing every one of them;
 - anomalies whose mask is empty at the training resolution: they stay in the test set (they count for image AUROC,
-  they add no anomalous pixel) but are never drawn as seen anomalies; a warning lists them;
+  they add no anomalous pixel) but are never drawn as seen or validation anomalies; a warning lists them;
 - images smaller than `TINY_SIDE` pixels on a side, and masks whose size differs from their image's (they are
   resized with nearest neighbour): a warning each, with counts and the first few paths.
 """
@@ -67,7 +67,7 @@ class DataReport:
             messages.append(
                 f"{len(self.empty_masks)} anomalous image(s) have an empty mask at the training resolution: they stay "
                 "in the test set (image-level metrics count them as anomalous; pixel metrics get no defect pixel "
-                "from them) and are never drawn as seen anomalies: "
+                "from them) and are never drawn as seen or validation anomalies: "
                 + _first([s.mask_path for s in self.empty_masks]))
         if self.tiny_images:
             messages.append(

@@ -2,10 +2,10 @@
 
 setup() checks the `data` config values, loads the category, checks that every image and mask decodes (one error
 listing every bad file, before any training step), moves the seen anomalies from test to train (writing their list
-into the run directory, or taking a run's recorded list), holds out `val_fraction` of train/good for validation,
-and builds the datasets. Workers prepare images
-on CPU; `on_after_batch_transfer` completes training batches on their device (Perlin masks, opacities, the
-extended/simulated formulas, labels). Images stay in [0, 1]: the network normalises its own input.
+into the run directory, or taking a run's recorded list), holds out `val_fraction` of train/good for validation
+(plus `num_val_anomalies` real anomalies, drawn after the seen ones, when asked for), and builds the datasets.
+Workers prepare images on CPU; `on_after_batch_transfer` completes training batches on their device (Perlin masks,
+opacities, the extended/simulated formulas, labels). Images stay in [0, 1]: the network normalises its own input.
 
 Reproducibility: every training sample is a function of (seed, epoch, position), every validation anomaly of
 (seed, index), and each device-side batch draw of (seed, epoch, batch number, rank); results do not depend on the
@@ -32,7 +32,14 @@ from prn_lightning.data import seed_streams
 from prn_lightning.data.checks import DataReport, check_splits
 from prn_lightning.data.datasets import EvalDataset, SampleKind, TrainMixDataset
 from prn_lightning.data.samplers import EpochScheduleSampler, UnrepeatedDistributedSampler, world_size_and_rank
-from prn_lightning.data.seen import read_seen_list, split_recorded_seen, split_seen, write_seen_list
+from prn_lightning.data.seen import (
+    SEEN_LIST,
+    VAL_ANOMALY_LIST,
+    read_seen_list,
+    split_held_out,
+    split_recorded_seen,
+    write_seen_list,
+)
 from prn_lightning.data.sources.records import Sample
 from prn_lightning.data.sources.registry import load_category
 from prn_lightning.errors import ConfigError, DatasetError
@@ -88,7 +95,8 @@ class PRNDataModule(pl.LightningDataModule):
     """Loaders for PRN; see the module docstring. `data_cfg` is the `data` section of the config.
 
     `seen_list` (a run's seen_anomalies.txt, its paths below `seen_list_root`, default data.root) replaces the
-    seen-anomaly draw: `prn test` and resumed runs use exactly the run's seen anomalies. Recorded files missing
+    seen-anomaly draw: `prn test` and resumed runs use exactly the run's seen anomalies, and the validation
+    anomalies of `val_anomalies.txt` beside it (`VAL_ANOMALY_LIST`) when the run drew any. Recorded files missing
     from this dataset's test split are an error unless `other_data=True` (evaluating on another dataset: the
     recorded files present are still kept out of the test set)."""
 
@@ -105,6 +113,7 @@ class PRNDataModule(pl.LightningDataModule):
         self.data_report: DataReport | None = None
         self.splits = None
         self.seen_anomalies: list[Sample] = []
+        self.val_anomalies: list[Sample] = []  # real anomalies of the validation split (data.num_val_anomalies)
         self.test_samples: list[Sample] = []
         self.val_samples: list[Sample] = []
         self.train_normals: list[Sample] = []
@@ -132,14 +141,19 @@ class PRNDataModule(pl.LightningDataModule):
         if world_size_and_rank()[1] == 0:
             self.data_report.warn()
         self.splits = splits
-        self.seen_anomalies, self.test_samples = self._split_seen(int(cfg.num_seen_anomalies))
+        # .get: a run config from before the key drew none
+        self.seen_anomalies, self.val_anomalies, self.test_samples = self._split_held_out(
+            int(cfg.num_seen_anomalies), int(cfg.get("num_val_anomalies", 0)))
         self.defect_types = self.splits.defect_types
         self.train_normals, self.val_samples = hold_out(self.splits.train, float(cfg.val_fraction), self.seed)
         weights = generation_weights(cfg.generation, len(self.seen_anomalies))
         self.samples_per_epoch = self._samples_per_epoch(anomaly_ratio)
-        seen_path = self.run_dir / "seen_anomalies.txt" if self.run_dir is not None else None
-        if seen_path is not None and not seen_path.exists() and world_size_and_rank()[1] == 0:
-            write_seen_list(seen_path, self.seen_anomalies)
+        if self.run_dir is not None and world_size_and_rank()[1] == 0:
+            seen_path, val_path = self.run_dir / SEEN_LIST, self.run_dir / VAL_ANOMALY_LIST
+            if not seen_path.exists():
+                write_seen_list(seen_path, self.seen_anomalies)
+            if self.val_anomalies and not val_path.exists():
+                write_seen_list(val_path, self.val_anomalies)
 
         # .get with the behaviour of run configs from before these keys (`prn test`/resume of an older run)
         source_augmentation = cfg.get("source_augmentation", {"ops": [], "per_source": 0})
@@ -153,27 +167,43 @@ class PRNDataModule(pl.LightningDataModule):
             texture_source=textures, estimate_objects=estimate_objects, seed=self.seed, resize=self.resize,
             seen_augmentation=str(cfg.get("seen_augmentation", "geometric")),
             extended_augmentation=str(cfg.get("extended_defect_augmentation", "geometric")))
-        self.val_dataset = EvalDataset(self.val_samples, self.image_size, resize=self.resize,
+        self.val_dataset = EvalDataset(self.val_samples + self.val_anomalies, self.image_size, self.defect_types,
+                                       resize=self.resize,
                                        simulated_per_sample=per_normal, texture_source=textures, perlin=self.perlin,
                                        beta_range=self.beta_range, seed=self.seed)
         self.test_dataset = EvalDataset(self.test_samples, self.image_size, self.defect_types, resize=self.resize)
         self.prototype_dataset = EvalDataset(self.train_normals, self.image_size, resize=self.resize)
 
-    def _split_seen(self, num_seen: int) -> tuple[list[Sample], list[Sample]]:
-        """(seen anomalies, test samples): drawn (never an anomaly with an empty mask), or the recorded list."""
+    def _split_held_out(self, num_seen: int, num_val: int) -> tuple[list[Sample], list[Sample], list[Sample]]:
+        """(seen anomalies, validation anomalies, test samples): drawn (never an anomaly with an empty mask), or the
+        run's recorded lists."""
         if self.seen_list is None:
-            return split_seen(self.splits, num_seen, self.seed, unusable=self.data_report.empty_masks)
-        if not self.seen_list.is_file():
-            raise DatasetError(f"the run's seen-anomaly list {self.seen_list} does not exist: without it the test "
+            return split_held_out(self.splits, num_seen, num_val, self.seed, unusable=self.data_report.empty_masks)
+        seen, test = self._recorded(self.seen_list, self.splits.test, "seen anomalies")
+        val_list = self.seen_list.with_name(VAL_ANOMALY_LIST)
+        if not val_list.is_file():
+            if num_val and not self.other_data:
+                raise DatasetError(f"the run drew data.num_val_anomalies={num_val} but their list {val_list} does not "
+                                   "exist: without it the test set cannot exclude the anomalies its checkpoint was "
+                                   "chosen on")
+            return seen, [], test
+        val, test = self._recorded(val_list, test, "validation anomalies")
+        return seen, val, test
+
+    def _recorded(self, path: Path, test: list[Sample], what: str) -> tuple[list[Sample], list[Sample]]:
+        """(the samples listed in `path` found in `test`, `test` without them)."""
+        if not path.is_file():
+            raise DatasetError(f"the run's seen-anomaly list {path} does not exist: without it the test "
                                "set cannot exclude what the model trained on")
-        recorded = read_seen_list(self.seen_list)
-        seen, test, missing = split_recorded_seen(self.splits, recorded, self.seen_list_root or self.cfg.root)
+        recorded = read_seen_list(path)
+        found, rest, missing = split_recorded_seen(test, self.splits.root, recorded,
+                                                   self.seen_list_root or self.cfg.root)
         if missing and not self.other_data:
-            raise DatasetError(f"{len(missing)} of the run's {len(recorded)} seen anomalies ({self.seen_list}) are "
+            raise DatasetError(f"{len(missing)} of the run's {len(recorded)} {what} ({path}) are "
                                f"not in the test split of data.root={self.cfg.root}, data.category="
                                f"{self.cfg.category}, e.g. {missing[0].image_path}; this is not the run's dataset. "
                                "To evaluate on other data anyway, add evaluate_on_other_data=true")
-        return seen, test
+        return found, rest
 
     def _samples_per_epoch(self, anomaly_ratio: float) -> int:
         value = self.cfg.samples_per_epoch

@@ -194,9 +194,10 @@ class EvalDataset(Dataset):
     """Evaluation records: "image" (3,H,W) in [0,1] (the network normalises it), "mask" (1,H,W), "label",
     "defect_id" (-1 for normal and simulated, else index in `defect_types`), "image_path", "index".
 
-    With `simulated_per_sample` > 0 (validation), the samples (held-out normals) are followed by that many simulated
-    anomalies per sample, each fixed by its index (CPU generator seeded by (seed, index)): the same every epoch.
-    A simulated record carries its base normal's image_path, label 1 and defect_id -1 (no real defect type).
+    With `simulated_per_sample` > 0 (validation), the samples (held-out normals, and any real validation anomalies)
+    are followed by that many simulated anomalies per normal sample, each fixed by its index (CPU generator seeded by
+    (seed, index)): the same every epoch. A simulated record carries its base normal's image_path, label 1 and
+    defect_id -1 (no real defect type).
     """
 
     def __init__(self, samples: Sequence[Sample], image_size: int | Sequence[int], defect_types: Sequence[str] = (),
@@ -205,6 +206,7 @@ class EvalDataset(Dataset):
         if simulated_per_sample and (texture_source is None or perlin is None):
             raise ValueError("EvalDataset with simulated anomalies needs a texture_source and perlin settings")
         self.samples = list(samples)
+        self.normals = [s for s in self.samples if s.label != ANOMALOUS]  # the bases of simulated anomalies
         self.image_size = image_hw(image_size)
         self.resize = resize
         self.defect_ids = {name: i for i, name in enumerate(defect_types)}
@@ -215,19 +217,20 @@ class EvalDataset(Dataset):
         self.seed = int(seed)
 
     def __len__(self) -> int:
-        return len(self.samples) * (1 + self.simulated_per_sample)
+        return len(self.samples) + len(self.normals) * self.simulated_per_sample
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} outside the {len(self)} evaluation samples")
-        sample = self.samples[index % len(self.samples)]
+        real = index < len(self.samples)
+        sample = self.samples[index] if real else self.normals[(index - len(self.samples)) % len(self.normals)]
         image = image_to_tensor(load_image(sample.image_path, self.image_size, resize=self.resize))
-        if index < len(self.samples):
+        if real:
             mask = mask_to_tensor(load_mask(sample.mask_path, self.image_size, self.resize))
             label = int(sample.label)
             defect_id = self.defect_ids[sample.defect_type] if label == ANOMALOUS else -1
-        else:
-            image, mask = self._simulated(image, index)
+        else:  # seeded as if only the normals came first: real validation anomalies leave these draws unchanged
+            image, mask = self._simulated(image, index - len(self.samples) + len(self.normals))
             label, defect_id = ANOMALOUS, -1
         return {"image": image, "mask": mask, "label": label, "defect_id": defect_id,
                 "image_path": str(sample.image_path), "index": index}
@@ -245,7 +248,7 @@ class EvalDataset(Dataset):
         if self.texture_source.uses_textures:
             source = self.texture_source.sample(rng)
         else:
-            other = self.samples[int(rng.integers(len(self.samples)))]
+            other = self.normals[int(rng.integers(len(self.normals)))]
             source = self.texture_source.sample(rng, normal_image=load_image(other.image_path, self.image_size,
                                                                              resize=self.resize))
         blended = simulate_anomalies(image[None], image_to_tensor(source)[None], mask, beta)

@@ -29,6 +29,10 @@ METRICS = (
 LOSS = "loss"
 LEARNING_RATE = "lr"
 IMAGE_THRESHOLD = "image_threshold"
+# Validation only, when it holds real anomalies (data.num_val_anomalies > 0): their image AUROC against the
+# validation normals and their PRO, the signal that sees real defects (the four above mix them with simulated ones).
+REAL_IMAGE_AUROC = "real_image_auroc"
+REAL_PRO = "real_pro"
 
 
 def key(stage: str, name: str) -> str:

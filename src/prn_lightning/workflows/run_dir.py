@@ -279,7 +279,7 @@ def open_run(cfg: DictConfig, rank: int, inherited: str | None = None) -> Opened
 
 # What a trained run fixed about its data: evaluating a checkpoint uses the run's values. The first group may differ
 # when the user says so (evaluate_on_other_data=true); the image size and resize policy are the network's own.
-OTHER_DATA_KEYS = ("data.dataset", "data.category", "data.num_seen_anomalies", "seed")
+OTHER_DATA_KEYS = ("data.dataset", "data.category", "data.num_seen_anomalies", "data.num_val_anomalies", "seed")
 NETWORK_DATA_KEYS = ("data.image_size", "data.resize")
 
 

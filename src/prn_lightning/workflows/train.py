@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prn_lightning.config import apply_overrides
 from prn_lightning.data.datamodule import PRNDataModule
+from prn_lightning.data.seen import SEEN_LIST
 from prn_lightning.loggers.run_artifacts import HistoryWriter
 from prn_lightning.loggers.test_report import TestReport
 from prn_lightning.loggers.wandb_run import log_seen_anomalies, make_wandb_logger
@@ -97,7 +98,7 @@ def _train(run: OpenedRun) -> Path:
     started = time.time()
     pl.seed_everything(cfg.seed, workers=True)
     ckpt_dir = run_dir / "checkpoints"
-    recorded = run_dir / "seen_anomalies.txt"  # a resumed run keeps the seen anomalies it was started with
+    recorded = run_dir / SEEN_LIST  # a resumed run keeps the seen (and validation) anomalies it was started with
     datamodule = PRNDataModule(cfg.data, seed=cfg.seed, run_dir=run_dir,
                                seen_list=recorded if cfg.resume and recorded.is_file() else None)
     datamodule.setup("fit")  # the module's test metrics need the defect types; setup is idempotent
@@ -159,7 +160,7 @@ def run_test(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
 def _test(module: PRNModule, ckpt: Path, merged: DictConfig, out_dir: Path, origin: Path, run_cfg: DictConfig,
           other_data: bool) -> dict[str, Any]:
     pl.seed_everything(merged.seed, workers=True)
-    seen_list = origin / "seen_anomalies.txt"
+    seen_list = origin / SEEN_LIST
     datamodule = PRNDataModule(merged.data, seed=merged.seed, run_dir=out_dir,
                                seen_list=seen_list if seen_list.is_file() or not other_data else None,
                                seen_list_root=run_cfg.data.root, other_data=other_data)
@@ -181,7 +182,8 @@ def _test(module: PRNModule, ckpt: Path, merged: DictConfig, out_dir: Path, orig
 
 def _run_info(cfg: DictConfig, datamodule: PRNDataModule) -> dict[str, Any]:
     """The metrics.json entries that describe the run rather than its scores."""
-    return {"num_seen_anomalies": len(datamodule.seen_anomalies), "dataset": str(cfg.data.dataset),
+    return {"num_seen_anomalies": len(datamodule.seen_anomalies), "num_val_anomalies": len(datamodule.val_anomalies),
+            "dataset": str(cfg.data.dataset),
             "category": str(cfg.data.category), "seed": int(cfg.seed)}
 
 

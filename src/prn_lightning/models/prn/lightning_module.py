@@ -19,7 +19,18 @@ import torch
 
 from prn_lightning.errors import PRNUserError
 from prn_lightning.metrics import AnomalyMetrics
-from prn_lightning.metrics.names import IMAGE_THRESHOLD, LEARNING_RATE, LOSS, METRICS, TEST, TRAIN, VAL, key
+from prn_lightning.metrics.names import (
+    IMAGE_THRESHOLD,
+    LEARNING_RATE,
+    LOSS,
+    METRICS,
+    REAL_IMAGE_AUROC,
+    REAL_PRO,
+    TEST,
+    TRAIN,
+    VAL,
+    key,
+)
 from prn_lightning.models.prn.loss import PRNLoss
 from prn_lightning.models.prn.network import PRNNetwork
 from prn_lightning.models.prn.optimisation import (
@@ -32,6 +43,8 @@ from prn_lightning.models.prn.optimisation import (
 from prn_lightning.models.prn.scoring import anomaly_map, image_score
 
 RUN_CONFIG_KEY = "prn_run_config"  # where a checkpoint keeps the run config it was trained with (for `prn test`)
+# the validation split's defect types: simulated anomalies, and real ones when data.num_val_anomalies > 0
+VAL_DEFECT_TYPES = ("simulated", "real")
 
 
 def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -115,7 +128,7 @@ class PRNModule(pl.LightningModule):
         })
         self.run_config: dict | None = None  # carried into checkpoints for `prn test`; never read here
         self.register_buffer("image_threshold", torch.tensor(0.5))
-        self.val_metrics = AnomalyMetrics(["simulated"])
+        self.val_metrics = AnomalyMetrics(list(VAL_DEFECT_TYPES))
         self.test_metrics = AnomalyMetrics(self.defect_types)
         self._val_scores: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
@@ -231,18 +244,23 @@ class PRNModule(pl.LightningModule):
         return loss, maps, scores
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # validation anomalies are all simulated: one defect type, id 0
-        simulated_ids = torch.where(batch["label"] == 1, 0, -1)
-        loss, _, scores = self._evaluate(batch, self.val_metrics, simulated_ids)
+        # two validation defect types: simulated (no real type, defect_id -1) and real (data.num_val_anomalies)
+        is_real = batch["defect_id"] >= 0
+        val_ids = torch.where(batch["label"] == 1, is_real.long(), -1)
+        loss, _, scores = self._evaluate(batch, self.val_metrics, val_ids)
         self.log(key(VAL, LOSS), loss, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
         self._val_scores.append(scores.detach())
         self._val_labels.append(batch["label"].detach())
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
+        real = self.val_metrics.per_defect()[VAL_DEFECT_TYPES.index("real")]
         self.val_metrics.reset()
         for metric in METRICS:
             self.log(key(VAL, metric.name), values[metric.name], prog_bar=metric.name in ("pixel_ap", "image_auroc"))
+        if real["num_images"]:
+            self.log(key(VAL, REAL_IMAGE_AUROC), float(real["image_auroc"]), prog_bar=True)
+            self.log(key(VAL, REAL_PRO), float(real["pro"]))
         scores = gather_uneven(self, _concat(self._val_scores, torch.float32, self.device))
         labels = gather_uneven(self, _concat(self._val_labels, torch.int64, self.device))
         if scores.numel():
