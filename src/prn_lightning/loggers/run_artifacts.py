@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from prn_lightning.metrics.names import LOSS, METRICS, TRAIN, VAL, key  # noqa: E402
+from prn_lightning.metrics.names import LOSS, METRICS, REAL_IMAGE_AUROC, REAL_PRO, TRAIN, VAL, key  # noqa: E402
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -138,6 +138,7 @@ class HistoryWriter(pl.Callback):
                 rows = list(csv.DictReader(handle))
         rows = [r for r in rows if int(r["epoch"]) < trainer.current_epoch] + [row]
         shown = [key(TRAIN, LOSS), key(VAL, LOSS)] + [key(VAL, m.name) for m in METRICS]
+        shown += [key(VAL, REAL_IMAGE_AUROC), key(VAL, REAL_PRO)]  # present with data.num_val_anomalies > 0
         if trainer.progress_bar_callback is None:  # logs, CI, sbatch: one line per epoch instead of a bar
             print(f"epoch {row['epoch']}: " + ", ".join(f"{k}={row[k]:.4f}" for k in shown if k in row), flush=True)
         columns = list(dict.fromkeys(k for r in rows for k in r))
