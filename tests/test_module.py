@@ -111,6 +111,40 @@ def test_schedule_mistakes_name_the_key(tmp_path):
             _fit(module, tmp_path)
 
 
+class _Kinds(_Pairs):
+    """Training samples with their kind: 0 normal, 1 seen, 2 extended, 3 simulated (data.datasets.SampleKind)."""
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {**super().__getitem__(index), "kind": torch.tensor(index % 4)}
+
+
+@pytest.mark.parametrize("leave_one_out", [False, True])
+def test_training_matches_every_sample_but_seen_anomalies_leave_one_out(tmp_path, monkeypatch, leave_one_out):
+    module = tiny_module(SchedulerSettings())
+    module.prototype_settings = PrototypeSettings(ratio=0.5, iterations=5, seed=0, leave_one_out=leave_one_out)
+    module.set_prototype_images(DataLoader(_Pairs(), batch_size=4))
+    bank, asked = module.network.prototypes, []
+    plain = bank.nearest
+
+    def recording(stage, features, members=None):
+        asked.append(None if members is None else members.tolist())
+        return plain(stage, features, members)
+
+    monkeypatch.setattr(bank, "nearest", recording)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, limit_val_batches=0,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=DataLoader(_Kinds(), batch_size=4))
+    expected = [True, False, True, True] if leave_one_out else None  # kinds 0, 1 (seen), 2, 3
+    assert asked == [expected] * 6  # 2 steps x 3 prototype stages
+    assert torch.isfinite(torch.stack([p.detach().sum() for p in module.parameters()])).all()
+    module.eval()
+    with torch.no_grad():  # evaluation never matches leave-one-out
+        asked.clear()
+        module.predict_images(torch.rand(2, 3, SIZE, SIZE))
+    assert asked == [None] * 3
+
+
 def test_fit_without_prototype_images_says_how():
     module = tiny_module(SchedulerSettings())
     with pytest.raises(RuntimeError, match="set_prototype_images"):
@@ -122,18 +156,20 @@ def test_setting_defaults_are_the_config_defaults():
     assert asdict(OptimiserSettings()) == OmegaConf.to_container(model.optimizer)
     assert asdict(SchedulerSettings()) == OmegaConf.to_container(model.scheduler)
     seed = OmegaConf.load(EXPERIMENTS / "default.yaml").seed
-    assert PrototypeSettings() == PrototypeSettings(model.prototype_ratio, model.kmeans_iterations, seed)
+    assert PrototypeSettings() == PrototypeSettings(model.prototype_ratio, model.kmeans_iterations, seed,
+                                                    model.prototype_leave_one_out)
 
 
 def test_factory_maps_the_run_config_onto_the_arguments():
     cfg = load_config(["model.backbone.weights=none", "model.topk=7", "model.map_smoothing_sigma=1.5",
                        "model.scheduler.name=warmup_cosine", "model.scheduler.warmup_steps=3", "seed=5",
-                       "model.optimizer.lr=0.002", "model.loss.focal_weight=2.0", "data.image_size=64"])
+                       "model.optimizer.lr=0.002", "model.loss.focal_weight=2.0", "data.image_size=64",
+                       "model.prototype_leave_one_out=true"])
     module = build_module(cfg, defect_types=["crack"])
     assert (module.topk, module.map_smoothing_sigma, module.defect_types) == (7, 1.5, ["crack"])
     assert module.scheduler_settings == SchedulerSettings("warmup_cosine", 100, 0.5, 3, 0.0)
     assert module.optimiser_settings.lr == 0.002 and module.loss.focal_weight == 2.0
-    assert module.prototype_settings == PrototypeSettings(0.1, 25, 5)
+    assert module.prototype_settings == PrototypeSettings(0.1, 25, 5, leave_one_out=True)
     assert module.network.image_size == (64, 64)
     assert module.run_config["model"]["topk"] == 7  # travels in checkpoints for `prn test`
     rebuilt = PRNNetwork.from_config(module.network.settings, module.network.image_size, pretrained_backbone=False)

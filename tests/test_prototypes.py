@@ -143,3 +143,64 @@ def test_torch_lookup_picks_the_same_prototypes_as_faiss_on_real_features(tmp_pa
 def test_unknown_lookup_names_the_key():
     with pytest.raises(PrototypeError, match="model.prototype_lookup"):
         PrototypeBank(3, "annoy")
+
+
+def _clustered(n_per: int, seed: int) -> torch.Tensor:
+    """Four well-separated clusters of `n_per` maps each (stage-0 shape)."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = 20 * torch.randn(4, *SHAPES[0], generator=generator)
+    return torch.cat([c + torch.randn(n_per, *SHAPES[0], generator=generator) for c in centres])
+
+
+def test_leave_one_out_matches_a_member_to_the_mean_of_the_other_members():
+    """The prototype a training normal gets is the one it would get had it been left out of its cluster."""
+    maps = _clustered(6, seed=0)
+    bank = PrototypeBank(1)
+    bank.fit([maps], ratio=4 / 24, iterations=10, seed=0)
+    ids = bank.nearest_ids(0, maps)
+    assert torch.equal(bank.sizes_0, torch.bincount(ids, minlength=4).float())
+    assert bank.sizes_0.sum() == len(maps)
+    left_out = bank.nearest(0, maps, torch.ones(len(maps), dtype=torch.bool))
+    kept_own = 0
+    for i in range(len(maps)):  # brute force: the mean of the other members, or any other prototype if nearer
+        others = [j for j in range(len(maps)) if j != i and ids[j] == ids[i]]
+        candidates = [maps[others].mean(0)] if others else []
+        candidates += [bank[0][k] for k in range(bank.counts()[0]) if k != ids[i]]
+        distances = torch.stack([(maps[i] - c).square().sum() for c in candidates])
+        torch.testing.assert_close(left_out[i], candidates[int(distances.argmin())], rtol=1e-4, atol=1e-4)
+        kept_own += bool(others) and int(distances.argmin()) == 0
+    assert kept_own >= len(maps) // 2  # the own cluster's other members are the usual match
+    assert (maps - left_out).square().sum() > (maps - bank.nearest(0, maps)).square().sum()
+    # non-members (seen anomalies) keep the plain nearest prototype
+    nobody = torch.zeros(len(maps), dtype=torch.bool)
+    assert torch.equal(bank.nearest(0, maps, nobody), bank.nearest(0, maps))
+
+
+def test_leave_one_out_re_picks_when_a_member_is_alone_or_another_prototype_is_nearer():
+    centres = torch.stack([torch.full(SHAPES[0], v) for v in (0.0, 1.0, 5.0)])
+    bank = PrototypeBank(1)
+    bank.load_state_dict({"stage_0": centres, "sizes_0": torch.tensor([1.0, 2.0, 10.0])})
+    member = torch.ones(1, dtype=torch.bool)
+    # alone in its cluster: its prototype is itself, so it matches the nearest other one
+    assert torch.equal(bank.nearest(0, centres[:1], member)[0], centres[1])
+    # one of two members at 1.2 (the other at 0.8): the other member (0.8) is the match, 0.4 away per value
+    query = torch.full((1, *SHAPES[0]), 1.2)
+    torch.testing.assert_close(bank.nearest(0, query, member)[0], torch.full(SHAPES[0], 0.8))
+    # one of two members at 2.6: the other member sits at -0.6 (3.2 away), so the prototype at 5 (2.4 away) wins
+    query = torch.full((1, *SHAPES[0]), 2.6)
+    assert torch.equal(bank.nearest(0, query, member)[0], centres[2])
+
+
+def test_leave_one_out_needs_image_matching_and_recorded_sizes():
+    bank = _fitted_bank()
+    old_checkpoint = {k: v for k, v in bank.state_dict().items() if not k.startswith("sizes_")}
+    fresh = PrototypeBank(len(SHAPES))
+    fresh.load_state_dict(old_checkpoint, strict=True)  # written before the sizes were recorded: still loads
+    query = _features(2, seed=3)[0]
+    assert torch.equal(fresh.nearest(0, query), bank.nearest(0, query))
+    with pytest.raises(PrototypeError, match="model.prototype_leave_one_out=false"):
+        fresh.nearest(0, query, torch.ones(2, dtype=torch.bool))
+    located = PrototypeBank(len(SHAPES), match="location")
+    located.load_state_dict(bank.state_dict())
+    with pytest.raises(PrototypeError, match="model.prototype_match=image"):
+        located.nearest(0, query, torch.ones(2, dtype=torch.bool))

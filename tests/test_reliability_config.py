@@ -75,6 +75,10 @@ def test_cross_key_rules():
     with pytest.raises(ConfigError, match="data.num_val_anomalies=-1"):
         load_config(["data.num_val_anomalies=-1"])
     assert load_config(["model.monitor=val/real_pro", "data.num_val_anomalies=3"]).data.num_val_anomalies == 3
+    with pytest.raises(ConfigError, match="model.prototype_leave_one_out=true .* model.prototype_match=location"):
+        load_config(["model.prototype_leave_one_out=true", "model.prototype_match=location"])
+    with pytest.raises(ConfigError, match="model.prototype_leave_one_out=sometimes"):
+        load_config(["model.prototype_leave_one_out=sometimes"])
 
 
 def test_runs_root_must_be_a_writable_directory(tmp_path):

@@ -28,7 +28,7 @@ def build_module(cfg: DictConfig, defect_types: Sequence[str] = (), pretrained_b
                                     warmup_steps=int(model.scheduler.warmup_steps),
                                     min_lr=float(model.scheduler.min_lr)),
         prototypes=PrototypeSettings(ratio=float(model.prototype_ratio), iterations=int(model.kmeans_iterations),
-                                     seed=int(cfg.seed)),
+                                     seed=int(cfg.seed), leave_one_out=bool(model.prototype_leave_one_out)),
         topk=int(model.topk),
         map_smoothing_sigma=float(model.map_smoothing_sigma),
         defect_types=list(defect_types),

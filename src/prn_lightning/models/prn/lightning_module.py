@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from prn_lightning.data.datasets import SampleKind
 from prn_lightning.errors import PRNUserError
 from prn_lightning.metrics import AnomalyMetrics
 from prn_lightning.metrics.names import (
@@ -224,7 +225,9 @@ class PRNModule(pl.LightningModule):
         return maps, image_score(maps, self.topk)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self.network(batch["image"])
+        # every kind but a seen anomaly is built on a normal training image, one the prototypes were fitted on
+        members = batch["kind"] != SampleKind.SEEN if self.prototype_settings.leave_one_out else None
+        logits = self.network(batch["image"], members)
         loss, parts = self.loss(logits, batch["mask"])
         size = batch["image"].shape[0]
         self.log(key(TRAIN, LOSS), loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)

@@ -162,12 +162,14 @@ class PRNNetwork(nn.Module):
             raise ValueError("extract_prototype_features got no images: the normal training set is empty")
         return [torch.cat(stage) for stage in collected]
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, members: Tensor | None = None) -> Tensor:
+        """Logits (B, 1, H, W) for [0, 1] images. `members` (B,) bool, training only: samples built on a normal
+        training image, matched to the prototypes leave-one-out (`PrototypeBank.nearest`)."""
         features = self.features(images)
         stages, deep = features[:NUM_PROTOTYPE_STAGES], features[NUM_PROTOTYPE_STAGES]
         maps = self.feature_fusion(stages) if self.feature_fusion is not None else stages
         if self.prototypes is not None:
-            residuals = [prototype_residual(f, self.prototypes.nearest(j, f)) for j, f in enumerate(stages)]
+            residuals = [prototype_residual(f, self.prototypes.nearest(j, f, members)) for j, f in enumerate(stages)]
             if self.residual_fusion is not None:
                 residuals = self.residual_fusion(residuals)
             maps = [torch.cat([m, r], dim=1) for m, r in zip(maps, residuals)]

@@ -40,11 +40,14 @@ class SchedulerSettings:
 
 @dataclass(frozen=True)
 class PrototypeSettings:
-    """`model.prototype_ratio`, `model.kmeans_iterations` and the run's seed: the FAISS k-means before training."""
+    """`model.prototype_ratio`, `model.kmeans_iterations` and the run's seed: the FAISS k-means before training;
+    `model.prototype_leave_one_out`: match training samples built on a normal image as if it had been left out of
+    its prototype (`PrototypeBank.nearest`)."""
 
     ratio: float = 0.1
     iterations: int = 25
     seed: int = 42
+    leave_one_out: bool = False
 
 
 class WarmupCosine:

@@ -14,6 +14,14 @@ prototype feature vector among the K prototypes at that position, or within `nei
 (2r+1)^2 window, clamped at the border); it follows parts that shift, turn or shine differently from every whole
 prototype, at the cost of also fitting small defects that resemble some normal feature. Both are plain tensor ops.
 
+Leave-one-out matching (training only, `nearest(..., members=...)`): a normal training image is one of the n images
+averaged into its own prototype, so its residual is smaller than a held-out normal's, by (n-1)/n in L2 (magnetic_tile,
+ratio 0.1: training normals' mean residual 1.21x smaller than validation normals'). For samples built on a training
+normal, the own prototype (the nearest) is replaced by the mean of the other n-1 members, c - (F - c) / (n - 1),
+estimated from the sample's own features F (exact for an unchanged normal), and the match re-picked against the
+other prototypes; a member alone in its cluster matches the nearest other prototype. So the network trains on
+residuals of the size it meets at test time. It needs the cluster sizes, which `fit` records (buffers `sizes_j`).
+
 Memory: stage j holds K x D float32 values, D = c_j x h_j x w_j, i.e. K x D x 4 bytes, once in the buffer and once
 more in the FAISS index. Examples at 256 px: EfficientNet-Lite0 stage 1 is 24 x 64 x 64 = 98,304 floats (384 KiB)
 per prototype; wide_resnet50_2 stage 1 is 256 x 64 x 64 = 1,048,576 floats (4 MiB) per prototype, so K = 20 costs
@@ -84,11 +92,16 @@ class PrototypeBank(nn.Module):
         self.neighbourhood = neighbourhood
         for stage in range(num_stages):
             self.register_buffer(self._name(stage), torch.empty(0))
+            self.register_buffer(self._size_name(stage), torch.empty(0))
         self._indexes: dict[int, faiss.Index] = {}
 
     @staticmethod
     def _name(stage: int) -> str:
         return f"stage_{stage}"
+
+    @staticmethod
+    def _size_name(stage: int) -> str:
+        return f"sizes_{stage}"
 
     def __getitem__(self, stage: int) -> Tensor:
         """The prototypes of `stage`, shape (K, c, h, w)."""
@@ -125,7 +138,10 @@ class PrototypeBank(nn.Module):
             kmeans.index = on_best_device(kmeans.index)
             kmeans.train(data)
             centroids = torch.from_numpy(kmeans.centroids.copy()).reshape(k, *features.shape[1:])
+            _, assigned = kmeans.index.search(data, 1)
+            sizes = torch.bincount(torch.from_numpy(assigned[:, 0]), minlength=k).float()
             self._buffers[self._name(stage)] = centroids.to(self[stage].device)
+            self._buffers[self._size_name(stage)] = sizes.to(self[stage].device)
         self._indexes.clear()
 
     def _index(self, stage: int) -> faiss.Index:
@@ -138,11 +154,13 @@ class PrototypeBank(nn.Module):
             self._indexes[stage] = index
         return self._indexes[stage]
 
-    def nearest(self, stage: int, features: Tensor) -> Tensor:
+    def nearest(self, stage: int, features: Tensor, members: Tensor | None = None) -> Tensor:
         """For each map in `features` (B, c, h, w), its nearest prototype (B, c, h, w) under `match`.
 
         "image": the prototype nearest in L2 over the whole map; "location": at each position the nearest prototype
-        feature vector (see the module docstring). Returned on `features`' device and dtype.
+        feature vector (see the module docstring). `members` (B,) bool marks samples built on a normal training
+        image: they are matched leave-one-out (module docstring; "image" matching only). Returned on `features'`
+        device and dtype.
         """
         if not self.fitted:
             raise PrototypeError(
@@ -157,7 +175,13 @@ class PrototypeBank(nn.Module):
                 "fitted with"
             )
         if self.match == "location":
+            if members is not None:
+                raise PrototypeError("leave-one-out matching (model.prototype_leave_one_out=true) needs "
+                                     "model.prototype_match=image")
             return self._nearest_per_location(prototypes, features).to(device=features.device, dtype=features.dtype)
+        if members is not None:
+            return self._nearest_leave_one_out(stage, features, members).to(device=features.device,
+                                                                             dtype=features.dtype)
         ids = self.nearest_ids(stage, features)
         return prototypes.index_select(0, ids).to(device=features.device, dtype=features.dtype)
 
@@ -186,6 +210,33 @@ class PrototypeBank(nn.Module):
         chosen = torch.gather(candidates, 1, ids.unsqueeze(2).expand(-1, -1, c))  # (p, B, c)
         return chosen.permute(1, 2, 0).reshape(b, c, h, w)
 
+    def _nearest_leave_one_out(self, stage: int, features: Tensor, members: Tensor) -> Tensor:
+        """Whole-map matching where each member's own (nearest) prototype is the mean of its n-1 fellow members."""
+        prototypes, sizes = self[stage], self._buffers[self._size_name(stage)]
+        if sizes.numel() != prototypes.shape[0]:
+            raise PrototypeError("leave-one-out matching needs the cluster sizes that fit() records; these prototypes "
+                                 "come from a checkpoint written before them: refit (train anew) or set "
+                                 "model.prototype_leave_one_out=false")
+        flat = prototypes.reshape(prototypes.shape[0], -1)
+        query = features.detach().reshape(features.shape[0], -1).to(flat)
+        distances = (query.square().sum(1, keepdim=True) + flat.square().sum(1).unsqueeze(0)
+                     - 2.0 * query @ flat.T).clamp_min(0)
+        own = distances.argmin(dim=1)
+        n = sizes.index_select(0, own)
+        is_member = members.to(device=flat.device, dtype=torch.bool)
+        # ||F - c_loo||^2 = (n / (n - 1))^2 ||F - c||^2; infinite for a member alone in its cluster.
+        rows = torch.arange(len(own), device=flat.device)
+        own_distance = distances[rows, own]
+        left_out = torch.where(n > 1, own_distance * (n / (n - 1).clamp_min(1)).square(),
+                               torch.full_like(own_distance, float("inf")))
+        distances[rows, own] = torch.where(is_member, left_out, own_distance)
+        chosen = distances.argmin(dim=1)
+        matched = flat.index_select(0, chosen)
+        kept_own = is_member & (chosen == own)
+        shift = (query - matched) / (n - 1).clamp_min(1).unsqueeze(1)  # c_loo = c - (F - c) / (n - 1)
+        matched = torch.where(kept_own.unsqueeze(1), matched - shift, matched)
+        return matched.reshape(features.shape)
+
     def nearest_ids(self, stage: int, features: Tensor) -> Tensor:
         """Index (B,) of the prototype nearest to each map of `features` (B, c, h, w), on the prototypes' device."""
         prototypes = self[stage]
@@ -203,11 +254,13 @@ class PrototypeBank(nn.Module):
                               error_msgs) -> None:
         """Resize the buffers to the checkpoint's K (and maps) so loading never needs re-clustering."""
         for stage in range(self.num_stages):
-            key = prefix + self._name(stage)
-            if key in state_dict and state_dict[key].shape != self[stage].shape:
-                current = self[stage]
-                self._buffers[self._name(stage)] = torch.empty(
-                    state_dict[key].shape, dtype=current.dtype, device=current.device)
+            # checkpoints written before the cluster sizes were recorded load without them (no leave-one-out)
+            state_dict.setdefault(prefix + self._size_name(stage), torch.empty(0))
+            for name in (self._name(stage), self._size_name(stage)):
+                key, current = prefix + name, self._buffers[name]
+                if key in state_dict and state_dict[key].shape != current.shape:
+                    self._buffers[name] = torch.empty(state_dict[key].shape, dtype=current.dtype,
+                                                      device=current.device)
         self._indexes.clear()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
