@@ -27,7 +27,7 @@ from prn_lightning.imaging.tensors import image_to_tensor, load_image, load_mask
 from prn_lightning.models.prn.backbone import FrozenBackbone
 from prn_lightning.models.prn.prototypes import PrototypeBank
 
-VARIANTS = (("image", 0), ("location", 0), ("location", 1))
+VARIANTS = (("image", 0), ("location", 0), ("location", 1), ("location", 2))
 
 
 def stage_features(backbone: FrozenBackbone, paths: list, size: int) -> list[torch.Tensor]:
