@@ -72,8 +72,9 @@ def evaluate(category: str, data_root: Path, size: int, ratio: float, seed: int)
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def category_arguments(doc: str) -> argparse.Namespace:
+    """The command line the prototype benchmarks share: categories, data root, input size, ratio and seed."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("categories", nargs="+")
     parser.add_argument("--data-root", type=Path,
                         default=Path(os.environ.get("PRN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared"
@@ -81,7 +82,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = category_arguments(__doc__)
     print("| category | match | stage 1 AUROC / AP | stage 2 | stage 3 | sum |")
     print("| --- | --- | --- | --- | --- | --- |")
     for category in args.categories:

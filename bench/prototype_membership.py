@@ -11,8 +11,6 @@ is the gap the network trains across; leave-one-out should bring it near 1.
 """
 from __future__ import annotations
 
-import argparse
-import os
 from pathlib import Path
 
 import torch
@@ -22,7 +20,7 @@ from prn_lightning.data.datamodule import hold_out
 from prn_lightning.data.sources.registry import load_category
 from prn_lightning.models.prn.backbone import FrozenBackbone
 from prn_lightning.models.prn.prototypes import PrototypeBank
-from prototype_match import stage_features  # bench/ is sys.path[0] when run as a script
+from prototype_match import category_arguments, stage_features  # bench/ is sys.path[0] when run as a script
 
 
 def mean_residual(bank: PrototypeBank, stage: int, features: torch.Tensor, members: bool = False) -> float:
@@ -48,15 +46,7 @@ def measure(category: str, data_root: Path, size: int, ratio: float, seed: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("categories", nargs="+")
-    parser.add_argument("--data-root", type=Path,
-                        default=Path(os.environ.get("PRN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared"
-                                                    / "data")))
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--ratio", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args()
+    args = category_arguments(__doc__)
     print("| category | training / validation normals | prototypes | stage 1: training / validation (ratio) / "
           "training left out (ratio) | stage 2 | stage 3 |")
     print("| --- | --- | --- | --- | --- | --- |")
