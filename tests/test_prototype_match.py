@@ -1,6 +1,8 @@
 """Per-location prototype matching (model.prototype_match=location): exact against a brute-force search."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -64,6 +66,53 @@ def test_location_match_mixes_prototypes_where_image_match_cannot():
     found = shifted_bank.nearest(0, shifted)
     assert torch.equal(found[..., 1:], shifted[..., 1:])
     assert not torch.equal(location.nearest(0, shifted)[..., 1:], shifted[..., 1:])
+
+
+@pytest.mark.parametrize("neighbourhood", [0, 1])
+def test_location_leave_one_out_replaces_the_own_prototype_by_the_other_members_mean(neighbourhood):
+    """Each member matches, position by position, among the other prototypes and its own cluster without it."""
+    maps = _features(12, seed=1)
+    bank = _bank("location", neighbourhood)  # fitted on these 12 maps, so every one of them is a member
+    members = torch.tensor([True] * 10 + [False] * 2)
+    for stage, query in enumerate(maps):
+        prototypes, sizes = bank[stage], bank._buffers[f"sizes_{stage}"]
+        flat = prototypes.reshape(len(prototypes), -1)
+        own = torch.cdist(query.reshape(len(query), -1), flat).argmin(dim=1)
+        chosen = bank.nearest(stage, query, members)
+        for i in range(len(query)):
+            candidates = prototypes
+            if members[i]:  # brute force: the own cluster's mean without member i, or no own prototype if alone
+                others = [j for j in range(len(query)) if j != i and own[j] == own[i]]
+                keep = [k for k in range(len(prototypes)) if k != own[i]]
+                candidates = prototypes[keep]
+                if others:
+                    torch.testing.assert_close(query[others].mean(0), prototypes[own[i]] - (
+                        query[i] - prototypes[own[i]]) / (sizes[own[i]] - 1), rtol=1e-4, atol=1e-4)
+                    candidates = torch.cat([candidates, query[others].mean(0, keepdim=True)])
+            reached = (query[i:i + 1] - chosen[i:i + 1]).double().square().sum(dim=1).sqrt()
+            torch.testing.assert_close(reached, _brute_force(candidates, query[i:i + 1], neighbourhood),
+                                       rtol=1e-4, atol=1e-4)
+        # members reach farther than plainly matched (their own contribution is gone); non-members are unchanged
+        plain = bank.nearest(stage, query)
+        assert torch.equal(chosen[~members], plain[~members])
+        assert (query[members] - chosen[members]).square().sum() > (query[members] - plain[members]).square().sum()
+
+
+def test_location_windows_are_kept_only_while_the_prototypes_stay_the_same():
+    """The shifted candidate windows are built once per prototype tensor: a refit, a load or an in-place change of
+    the prototypes rebuilds them, so a lookup always uses the current prototypes."""
+    bank = _bank("location", 1)
+    query = _features(3, seed=5)[0]
+    bank.nearest(0, query)  # builds the windows
+    other = _bank("image")
+    other.fit(_features(12, seed=9), ratio=0.5, iterations=5, seed=0)
+    bank.load_state_dict(other.state_dict())
+    reached = (query - bank.nearest(0, query)).double().square().sum(dim=1).sqrt()
+    torch.testing.assert_close(reached, _brute_force(other[0], query, 1), rtol=1e-5, atol=1e-5)
+    bank.stage_0.mul_(2.0)
+    reached = (query - bank.nearest(0, query)).double().square().sum(dim=1).sqrt()
+    torch.testing.assert_close(reached, _brute_force(2.0 * other[0], query, 1), rtol=1e-5, atol=1e-5)
+    assert copy.deepcopy(bank)._windows == {}
 
 
 def test_location_match_ignores_the_query_gradient_and_keeps_dtype():

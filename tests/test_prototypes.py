@@ -191,7 +191,7 @@ def test_leave_one_out_re_picks_when_a_member_is_alone_or_another_prototype_is_n
     assert torch.equal(bank.nearest(0, query, member)[0], centres[2])
 
 
-def test_leave_one_out_needs_image_matching_and_recorded_sizes():
+def test_leave_one_out_needs_recorded_sizes():
     bank = _fitted_bank()
     old_checkpoint = {k: v for k, v in bank.state_dict().items() if not k.startswith("sizes_")}
     fresh = PrototypeBank(len(SHAPES))
@@ -201,6 +201,6 @@ def test_leave_one_out_needs_image_matching_and_recorded_sizes():
     with pytest.raises(PrototypeError, match="model.prototype_leave_one_out=false"):
         fresh.nearest(0, query, torch.ones(2, dtype=torch.bool))
     located = PrototypeBank(len(SHAPES), match="location")
-    located.load_state_dict(bank.state_dict())
-    with pytest.raises(PrototypeError, match="model.prototype_match=image"):
+    located.load_state_dict(old_checkpoint)
+    with pytest.raises(PrototypeError, match="model.prototype_leave_one_out=false"):
         located.nearest(0, query, torch.ones(2, dtype=torch.bool))

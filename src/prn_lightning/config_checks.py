@@ -334,12 +334,6 @@ def _cross_problems(cfg: Any) -> list[str]:
         problems.append(f"model.monitor={monitor} is not allowed with data.num_val_anomalies=0: the validation "
                         "split then holds no real anomaly; set data.num_val_anomalies (e.g. 5) or monitor "
                         "val/pixel_ap")
-    loo_present, leave_one_out = _get(cfg, "model.prototype_leave_one_out")
-    match_present, match = _get(cfg, "model.prototype_match")
-    if loo_present and match_present and leave_one_out is True and match == "location":
-        problems.append("model.prototype_leave_one_out=true is not allowed with model.prototype_match=location: "
-                        "leave-one-out matching replaces whole-map prototypes; set model.prototype_match=image or "
-                        "model.prototype_leave_one_out=false")
     size_present, size = _get(cfg, "data.image_size")
     topk_present, topk = _get(cfg, "model.topk")
     if size_present and topk_present and IMAGE_SIZE.accepts(size) and RULES["model.topk"].accepts(topk):
