@@ -72,8 +72,9 @@ def evaluate(category: str, data_root: Path, size: int, ratio: float, seed: int)
     return lines
 
 
-def category_arguments(doc: str) -> argparse.Namespace:
-    """The command line the prototype benchmarks share: categories, data root, input size, ratio and seed."""
+def category_arguments(doc: str, location: bool = False) -> argparse.Namespace:
+    """The command line the prototype benchmarks share: categories, data root, input size, ratio and seed (and, with
+    `location`, --location R: per-location matching within R positions instead of whole maps)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("categories", nargs="+")
     parser.add_argument("--data-root", type=Path,
@@ -82,6 +83,9 @@ def category_arguments(doc: str) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
+    if location:
+        parser.add_argument("--location", type=int, default=None, metavar="R",
+                            help="match per location within R positions (model.prototype_match=location)")
     return parser.parse_args()
 
 
