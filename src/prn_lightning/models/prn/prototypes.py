@@ -207,8 +207,8 @@ class PrototypeBank(nn.Module):
     def _windows_of(self, stage: int) -> tuple[Tensor, Tensor]:
         """Stage `stage`'s window candidates (p, m, c), contiguous, and their squared norms (p, m).
 
-        The prototypes are fixed after fit, so both are built once and kept (8x faster per lookup at 64 x 64 than
-        rebuilding the shifted copies every call); while exporting they are built in the graph instead.
+        The prototypes are fixed after fit, so both are built once and kept: building the shifted copies took longer
+        than the search itself at every lookup. While exporting they are built in the graph instead.
         """
         prototypes = self[stage]
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
@@ -238,7 +238,7 @@ class PrototypeBank(nn.Module):
             own, usable, maps = left_out
             replaced = self._candidates(maps).reshape(h * w, -1, b, c)  # (p, shifts, B, c)
             own_columns = torch.arange(replaced.shape[1], device=own.device).unsqueeze(0) * k + own.unsqueeze(1)
-            own_distances = (replaced.square().sum(dim=3) - 2.0 * torch.einsum("pbc,psbc->psb", query, replaced))
+            own_distances = replaced.square().sum(dim=3) - 2.0 * torch.einsum("pbc,psbc->psb", query, replaced)
             own_distances = torch.where(usable, own_distances, torch.full_like(own_distances, float("inf")))
             rows = (own >= 0).nonzero().squeeze(1)
             distances[:, rows.unsqueeze(1), own_columns[rows]] = own_distances[:, :, rows].permute(0, 2, 1)
