@@ -255,11 +255,9 @@ class PrototypeBank(nn.Module):
         """Per-location leave-one-out: each member's own prototype (the whole-map nearest, as k-means assigned it)
         and that prototype without the member, c - (F - c) / (n - 1); own = -1 for a non-member."""
         prototypes, sizes = self._sizes_or_refuse(stage)
-        flat = prototypes.reshape(prototypes.shape[0], -1)
-        query = features.detach().reshape(features.shape[0], -1).to(flat)
-        own = (flat.square().sum(dim=1).unsqueeze(0) - 2.0 * query @ flat.T).argmin(dim=1)
+        own = self.nearest_ids(stage, features)  # location matching always looks up with torch
         n = sizes.index_select(0, own)
-        is_member = members.to(device=flat.device, dtype=torch.bool)
+        is_member = members.to(device=prototypes.device, dtype=torch.bool)
         centre = prototypes.index_select(0, own)
         maps = centre - (features.detach().to(centre) - centre) / (n - 1).clamp_min(1).view(-1, 1, 1, 1)
         own = torch.where(is_member, own, torch.full_like(own, -1))
