@@ -101,6 +101,37 @@ def test_augmentation_keys_are_checked_with_the_config():
     assert config_problems({"data": data}) == [
         "data.source_augmentation.per_source=3 is not allowed: it must be at most the 2 ops listed in "
         "data.source_augmentation.ops"]
+    data.source_augmentation.merge_with({"ops": ["rotate", "invert"], "per_source": 1, "in_place": 0.5})
+    assert not config_problems({"data": data})
+    data.source_augmentation.ops = ["rotate"]
+    assert config_problems({"data": data}) == [
+        "data.source_augmentation.in_place=0.5 is not allowed with per_source=1 and ops ['rotate']: recolouring in "
+        "place needs per_source > 0 and an op other than rotate; set in_place=0 or list photometric ops"]
+    data.source_augmentation.in_place = 1.5
+    assert config_problems({"data": data})[0].startswith("data.source_augmentation.in_place=1.5 is not allowed")
+
+
+def test_in_place_sources_reach_training_and_validation(splits):
+    """With every source recoloured in place by `invert` and opacity 0, a simulated anomaly is the inverted normal
+    image inside its Perlin mask, in training (the source handed to the device) and in validation."""
+    cfg = OmegaConf.load(REPO / "experiments" / "data" / "base.yaml").data
+    cfg.merge_with({"dataset": "folder", "root": str(splits.root), "category": "object", "image_size": 64,
+                    "num_seen_anomalies": 4, "num_workers": 0, "val_fraction": 0.25, "samples_per_epoch": 16,
+                    "beta": [0.0, 0.0], "generation": {"seen": False, "extended": False, "simulated": True},
+                    "source_augmentation": {"ops": ["invert"], "per_source": 1, "in_place": 1.0}})
+    dm = PRNDataModule(cfg, seed=0)
+    dm.setup("fit")
+    records = [dm.train_dataset[(0, i)] for i in range(len(dm.train_dataset))]
+    simulated = [r for r in records if r["kind"] == SampleKind.SIMULATED]
+    assert simulated and all(torch.allclose(r["source"], 1 - r["image"], atol=1e-6) for r in simulated)
+    normals = len(dm.val_dataset.normals)
+    for index in range(len(dm.val_dataset.samples), len(dm.val_dataset)):
+        record = dm.val_dataset[index]
+        base = dm.val_dataset[(index - len(dm.val_dataset.samples)) % normals]
+        inside = record["mask"].bool().expand_as(record["image"])
+        assert inside.any()
+        assert torch.allclose(record["image"][inside], 1 - base["image"][inside], atol=1e-6)
+        assert torch.equal(record["image"][~inside], base["image"][~inside])
 
 
 @pytest.mark.parametrize("resize", ["squash", "keep-aspect"])

@@ -185,6 +185,28 @@ def test_texture_source_applies_the_source_augmentation(tmp_path):
     assert np.array_equal(inverting.sample(np.random.default_rng(3)), 255 - plain)
 
 
+def test_in_place_sources_recolour_the_base_image_without_moving_it(tmp_path):
+    """data.source_augmentation.in_place: that share of the sources is the image the anomaly goes into, recoloured
+    where it stands (rotate is skipped: a turned copy would bring a foreign texture, not a change of tone)."""
+    folder = tmp_path / "textures"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "t.png"), np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    base = np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    always = TextureSource(folder, 32, SourceAugmentation(["rotate", "invert"], 2), in_place=1.0)
+    assert all(np.array_equal(always.sample(np.random.default_rng(s), base_image=base), 255 - base) for s in range(5))
+    never = TextureSource(folder, 32, SourceAugmentation(["rotate", "invert"], 2))
+    texture = never.sample(np.random.default_rng(3))  # in_place = 0 draws nothing more: the texture crop as before
+    assert np.array_equal(texture, never.sample(np.random.default_rng(3), base_image=base))
+    half = TextureSource(folder, 32, SourceAugmentation(["invert"], 1), in_place=0.5)
+    recoloured = [np.array_equal(half.sample(np.random.default_rng(s), base_image=base), 255 - base)
+                  for s in range(400)]
+    assert 0.42 < np.mean(recoloured) < 0.58
+    with pytest.raises(ValueError, match="base image"):
+        always.sample(np.random.default_rng(0))
+    with pytest.raises(ConfigError, match=r"data.source_augmentation.in_place=0.5 needs photometric ops"):
+        TextureSource(folder, 32, SourceAugmentation(["rotate"], 1), in_place=0.5)
+
+
 def test_texture_source_reads_folders_recursively_and_crops_to_size(tmp_path):
     folder = tmp_path / "dtd" / "images" / "banded"
     folder.mkdir(parents=True)

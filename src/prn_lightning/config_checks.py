@@ -99,6 +99,7 @@ RESIZE_POLICIES = ("squash", "keep-aspect")  # data.resize: stretch to image_siz
 DEFECT_AUGMENTATIONS = ("photometric", "geometric", "none")  # data.seen_augmentation, extended_defect_augmentation
 SOURCE_AUGMENTATION_OPS = ("gamma", "brightness_contrast", "sharpness", "hue_saturation", "solarize", "posterize",
                            "invert", "autocontrast", "equalize", "rotate")  # DRAEM's augmenters for anomaly sources
+GEOMETRIC_SOURCE_OPS = ("rotate",)  # the ones that move pixels: skipped when a source is recoloured in place
 
 OPENVINO_PRECISIONS = ("f32", "bf16", "f16", "default")  # predict.openvino_precision: the CPU plugin's hint
 
@@ -144,6 +145,7 @@ RULES: dict[str, Rule] = {
     "data.extended_defect_augmentation": choice(*DEFECT_AUGMENTATIONS),
     "data.source_augmentation.ops": list_of(choice(*SOURCE_AUGMENTATION_OPS)),
     "data.source_augmentation.per_source": integer(0),
+    "data.source_augmentation.in_place": number(0.0, 1.0),
     "data.batch_size": integer(1),
     "data.eval_batch_size": integer(1),
     "data.num_workers": integer(0),
@@ -322,6 +324,12 @@ def _cross_problems(cfg: Any) -> list[str]:
         if (ops_present and count_present and RULES["data.source_augmentation.ops"].accepts(ops)
                 and RULES["data.source_augmentation.per_source"].accepts(per_source)):
             problems += _source_augmentation_problems(ops, per_source)
+            in_place_present, in_place = _get(cfg, "data.source_augmentation.in_place")
+            if (in_place_present and RULES["data.source_augmentation.in_place"].accepts(in_place) and in_place > 0
+                    and (per_source == 0 or all(op in GEOMETRIC_SOURCE_OPS for op in ops))):
+                problems.append(f"data.source_augmentation.in_place={in_place} is not allowed with per_source="
+                                f"{per_source} and ops {_plain(ops)}: recolouring in place needs per_source > 0 and "
+                                "an op other than rotate; set in_place=0 or list photometric ops")
         ratio_present, ratio = _get(cfg, "data.anomaly_ratio")
         spe_present, per_epoch = _get(cfg, "data.samples_per_epoch")
         if ratio_present and spe_present and ratio == 1 and per_epoch is None:

@@ -159,7 +159,8 @@ class PRNDataModule(pl.LightningDataModule):
         source_augmentation = cfg.get("source_augmentation", {"ops": [], "per_source": 0})
         textures = TextureSource(resolve_texture_dir(cfg.texture_dir, cfg.root), self.image_size,
                                  SourceAugmentation(list(source_augmentation["ops"]),
-                                                    int(source_augmentation["per_source"])))
+                                                    int(source_augmentation["per_source"])),
+                                 in_place=float(source_augmentation.get("in_place", 0.0)))
         estimate_objects = cfg.foreground == "object" or (cfg.foreground == "auto" and not self.splits.is_texture)
         self.train_dataset = TrainMixDataset(
             self.train_normals, self.seen_anomalies, image_size=self.image_size,

@@ -74,6 +74,17 @@ def _cycled_permutation(rng: np.random.Generator, n: int, count: int) -> np.ndar
     return np.concatenate([rng.permutation(n) for _ in range(reps)])[:count]
 
 
+def anomaly_source(textures: TextureSource, rng: np.random.Generator, base_image: np.ndarray,
+                   normals: Sequence[Sample], image_size: tuple[int, int], resize: str) -> np.ndarray:
+    """The anomaly source of a simulated anomaly blended into `base_image`: from the texture folder, else from a
+    random one of `normals` (or `base_image` recoloured in place, for `textures.in_place` of the draws)."""
+    if textures.uses_textures:
+        return textures.sample(rng, base_image=base_image)
+    other = normals[int(rng.integers(len(normals)))]
+    return textures.sample(rng, normal_image=load_image(other.image_path, image_size, resize=resize),
+                           base_image=base_image)
+
+
 class TrainMixDataset(Dataset):
     """One epoch of normal, seen, extended and simulated samples, indexed by (epoch, position).
 
@@ -167,7 +178,7 @@ class TrainMixDataset(Dataset):
                     mask *= foreground.astype(mask.dtype)
                     source *= foreground[..., None].astype(source.dtype)
             elif kind == SampleKind.SIMULATED:
-                source = self._anomaly_source(rng)
+                source = self._anomaly_source(rng, image)
         return {"image": image_to_tensor(image), "mask": mask_to_tensor(mask), "kind": int(kind),
                 "source": image_to_tensor(source)}
 
@@ -182,12 +193,8 @@ class TrainMixDataset(Dataset):
                 return out_image, out_mask
         return image, mask  # the defect keeps leaving the frame: use it unaugmented
 
-    def _anomaly_source(self, rng: np.random.Generator) -> np.ndarray:
-        if self.texture_source.uses_textures:
-            return self.texture_source.sample(rng)
-        other = self.normals[int(rng.integers(len(self.normals)))]
-        return self.texture_source.sample(rng, normal_image=load_image(other.image_path, self.image_size,
-                                                                       resize=self.resize))
+    def _anomaly_source(self, rng: np.random.Generator, base_image: np.ndarray) -> np.ndarray:
+        return anomaly_source(self.texture_source, rng, base_image, self.normals, self.image_size, self.resize)
 
 
 class EvalDataset(Dataset):
@@ -224,18 +231,19 @@ class EvalDataset(Dataset):
             raise IndexError(f"index {index} outside the {len(self)} evaluation samples")
         real = index < len(self.samples)
         sample = self.samples[index] if real else self.normals[(index - len(self.samples)) % len(self.normals)]
-        image = image_to_tensor(load_image(sample.image_path, self.image_size, resize=self.resize))
+        pixels = load_image(sample.image_path, self.image_size, resize=self.resize)
+        image = image_to_tensor(pixels)
         if real:
             mask = mask_to_tensor(load_mask(sample.mask_path, self.image_size, self.resize))
             label = int(sample.label)
             defect_id = self.defect_ids[sample.defect_type] if label == ANOMALOUS else -1
         else:  # seeded as if only the normals came first: real validation anomalies leave these draws unchanged
-            image, mask = self._simulated(image, index - len(self.samples) + len(self.normals))
+            image, mask = self._simulated(image, pixels, index - len(self.samples) + len(self.normals))
             label, defect_id = ANOMALOUS, -1
         return {"image": image, "mask": mask, "label": label, "defect_id": defect_id,
                 "image_path": str(sample.image_path), "index": index}
 
-    def _simulated(self, image: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _simulated(self, image: torch.Tensor, pixels: np.ndarray, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, seed_streams.VALIDATION, index])
         generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
         mask = perlin_masks(1, *self.image_size, generator=generator, device="cpu", **self.perlin)
@@ -245,11 +253,6 @@ class EvalDataset(Dataset):
             while not mask.any():
                 mask = inside * perlin_masks(1, *self.image_size, generator=generator, device="cpu", **self.perlin)
         beta = sample_beta(1, self.beta_range, generator=generator, device="cpu")
-        if self.texture_source.uses_textures:
-            source = self.texture_source.sample(rng)
-        else:
-            other = self.normals[int(rng.integers(len(self.normals)))]
-            source = self.texture_source.sample(rng, normal_image=load_image(other.image_path, self.image_size,
-                                                                             resize=self.resize))
+        source = anomaly_source(self.texture_source, rng, pixels, self.normals, self.image_size, self.resize)
         blended = simulate_anomalies(image[None], image_to_tensor(source)[None], mask, beta)
         return blended[0], mask[0]

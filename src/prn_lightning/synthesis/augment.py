@@ -22,7 +22,12 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from prn_lightning.config_checks import DEFECT_AUGMENTATIONS, SOURCE_AUGMENTATION_OPS, check_source_augmentation
+from prn_lightning.config_checks import (
+    DEFECT_AUGMENTATIONS,
+    GEOMETRIC_SOURCE_OPS,
+    SOURCE_AUGMENTATION_OPS,
+    check_source_augmentation,
+)
 from prn_lightning.errors import ConfigError
 
 
@@ -120,6 +125,11 @@ class SourceAugmentation:
         self.ops = ops
         self.per_source = int(per_source)
         self._transforms = [SOURCE_OPS[op]() for op in ops]
+
+    def photometric(self) -> SourceAugmentation:
+        """The same augmenter without the ops that move pixels, drawing at most as many ops as remain."""
+        ops = [op for op in self.ops if op not in GEOMETRIC_SOURCE_OPS]
+        return SourceAugmentation(ops, min(self.per_source, len(ops)))
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The RGB uint8 `image` after `per_source` random ops, chosen and seeded by `rng`."""

@@ -4,6 +4,10 @@ DRAEM shows DTD textures through Perlin masks. Any image folder works (e.g. the 
 source is a normal training image, strongly recoloured and turned, which still produces out-of-distribution
 patches of the right statistics for the category. Either source then goes through DRAEM's random photometric
 augmenters (`SourceAugmentation`, `data.source_augmentation`), so simulated anomalies vary as the method assumes.
+
+Both sources bring a foreign texture into the mask; stains, discolouration and uneven shading keep the part's own
+texture and change its tone. `data.source_augmentation.in_place` makes that share of the sources the normal image
+itself, recoloured by the same augmenters minus the ones that move pixels, so the blend changes tone, not texture.
 """
 from __future__ import annotations
 
@@ -37,9 +41,14 @@ class TextureSource:
     """Random anomaly-source images of `image_size` (an int or (H, W)), RGB uint8, from a folder or from normals."""
 
     def __init__(self, texture_dir: str | Path | None, image_size: int | Sequence[int],
-                 augmentation: SourceAugmentation | None = None) -> None:
+                 augmentation: SourceAugmentation | None = None, in_place: float = 0.0) -> None:
         self.image_size = image_hw(image_size)
         self.augmentation = augmentation
+        self.in_place = float(in_place)
+        self._recolour = None if augmentation is None else augmentation.photometric()
+        if self.in_place and (self._recolour is None or self._recolour.per_source == 0):
+            raise ConfigError(f"data.source_augmentation.in_place={in_place} needs photometric ops to recolour with: "
+                              "set data.source_augmentation.per_source > 0 with ops other than rotate, or in_place=0")
         self.paths: list[Path] = []
         if texture_dir is not None:
             self.paths = sorted(p for p in Path(texture_dir).rglob("*") if p.is_file() and is_image_file(p))
@@ -57,9 +66,16 @@ class TextureSource:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def sample(self, rng: np.random.Generator, normal_image: np.ndarray | None = None) -> np.ndarray:
+    def sample(self, rng: np.random.Generator, normal_image: np.ndarray | None = None,
+               base_image: np.ndarray | None = None) -> np.ndarray:
         """A random crop of a random texture; without textures, a recoloured crop of `normal_image` (required).
-        Then the photometric `augmentation`, when there is one."""
+        Then the photometric `augmentation`, when there is one. With `in_place` > 0, that share of the draws is
+        `base_image` (the image the anomaly is blended into; required then) recoloured where it stands."""
+        if self.in_place:
+            if base_image is None:
+                raise ValueError("TextureSource with in_place > 0 needs the base image to recolour")
+            if rng.random() < self.in_place:
+                return self._recolour(base_image, rng)
         if self.paths:
             source = self._random_crop(self._texture(self.paths[rng.integers(len(self.paths))]), rng)
         elif normal_image is None:
