@@ -172,7 +172,6 @@ RULES: dict[str, Rule] = {
     "model.optimizer.name": choice("adam", "adamw", "sgd"),
     "model.optimizer.lr": number(0.0, low_open=True),
     "model.optimizer.weight_decay": number(0.0),
-    "model.optimizer.ema_decay": number(0.0, 1.0, high_open=True),
     "model.scheduler.name": choice("none", "cosine", "step", "warmup_cosine"),
     "model.scheduler.step_size": integer(1),
     "model.scheduler.gamma": number(0.0, low_open=True),

@@ -42,7 +42,6 @@ from prn_lightning.models.prn.optimisation import (
     build_scheduler,
 )
 from prn_lightning.models.prn.scoring import anomaly_map, image_score
-from prn_lightning.models.prn.weight_average import RAW_WEIGHTS_KEY, ParameterAverage
 
 RUN_CONFIG_KEY = "prn_run_config"  # where a checkpoint keeps the run config it was trained with (for `prn test`)
 # the validation split's defect types: simulated anomalies, and real ones when data.num_val_anomalies > 0
@@ -135,7 +134,6 @@ class PRNModule(pl.LightningModule):
         self._val_scores: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
         self._prototype_images: Iterable[torch.Tensor | dict] | None = None
-        self._average: ParameterAverage | None = None  # model.optimizer.ema_decay > 0: built when training starts
 
     # ----------------------------------------------------------------- checkpoints
     @classmethod
@@ -175,16 +173,6 @@ class PRNModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint[RUN_CONFIG_KEY] = self.run_config
-        if self._average is not None:
-            self._average.write(checkpoint)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resuming a fit with an average: the optimiser continues from the raw weights, the average from the
-        state_dict; every other load (test, predict, export) uses the state_dict, i.e. the average."""
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        if fitting and RAW_WEIGHTS_KEY in checkpoint and self.optimiser_settings.ema_decay > 0:
-            self._average = ParameterAverage(self, self.optimiser_settings.ema_decay)
-            self._average.read(checkpoint)
 
     # ----------------------------------------------------------------- prototypes
     def set_prototype_images(self, images: Iterable[torch.Tensor | dict]) -> None:
@@ -223,19 +211,6 @@ class PRNModule(pl.LightningModule):
         everyone = self.all_gather(digest)
         if not torch.equal(everyone, digest.expand_as(everyone)):
             raise RuntimeError(f"prototypes differ across ranks (per-stage sums {everyone.tolist()})")
-
-    def on_train_start(self) -> None:
-        if self.optimiser_settings.ema_decay > 0 and self._average is None:
-            self._average = ParameterAverage(self, self.optimiser_settings.ema_decay)
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self._average is not None:  # here, not at batch end: a checkpoint saved at batch end must include it
-            self._average.update(self)
-
-    def on_validation_epoch_start(self) -> None:
-        if self._average is not None:  # validate (and choose the best checkpoint on) the averaged weights
-            self._average.swap(self)
 
     # ----------------------------------------------------------------- steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -296,8 +271,6 @@ class PRNModule(pl.LightningModule):
         self.log(key(VAL, IMAGE_THRESHOLD), self.image_threshold)
         self._val_scores.clear()
         self._val_labels.clear()
-        if self._average is not None:
-            self._average.swap(self)  # the optimiser's own weights back
 
     def on_test_epoch_start(self) -> None:
         self.test_metrics.reset()  # reset here, not at the end: the test report reads the metrics after the pass

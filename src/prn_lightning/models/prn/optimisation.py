@@ -19,13 +19,11 @@ SCHEDULERS = ("none", "cosine", "step", "warmup_cosine")
 
 @dataclass(frozen=True)
 class OptimiserSettings:
-    """`model.optimizer`: adam | adamw | sgd (momentum 0.9) over the trainable parameters; ema_decay > 0 keeps an
-    exponential moving average of them that validation, checkpoints and test use (`weight_average.py`)."""
+    """`model.optimizer`: adam | adamw | sgd (momentum 0.9) over the trainable parameters."""
 
     name: str = "adam"
     lr: float = 1.0e-4
     weight_decay: float = 1.0e-2
-    ema_decay: float = 0.0
 
 
 @dataclass(frozen=True)
