@@ -204,3 +204,43 @@ def test_leave_one_out_needs_recorded_sizes():
     located.load_state_dict(old_checkpoint)
     with pytest.raises(PrototypeError, match="model.prototype_leave_one_out=false"):
         located.nearest(0, query, torch.ones(2, dtype=torch.bool))
+
+
+def test_every_image_its_own_prototype_is_the_k_means_optimum_and_leave_one_out_is_the_nearest_other():
+    """ratio 1 (K = N) takes the images themselves (k-means' optimum, as FAISS reaches it from any start) without
+    clustering; leave-one-out then matches each training normal to its nearest other one."""
+    features = _features(9, seed=4)
+    bank = PrototypeBank(len(SHAPES))
+    bank.fit(features, ratio=1.0, iterations=5, seed=0)
+    kmeans = faiss.Kmeans(features[0][0].numel(), 9, niter=5, seed=0, min_points_per_centroid=1)
+    kmeans.train(features[0].flatten(1).numpy())
+    by_faiss = torch.from_numpy(kmeans.centroids).reshape(9, *SHAPES[0])
+    for stage in range(len(SHAPES)):
+        assert torch.equal(bank[stage], features[stage])
+        assert torch.equal(bank._buffers[f"sizes_{stage}"], torch.ones(9))
+    assert sorted(map(tuple, by_faiss.flatten(1).tolist())) == sorted(map(tuple, features[0].flatten(1).tolist()))
+    maps = features[0]
+    distances = torch.cdist(maps.flatten(1), maps.flatten(1)).fill_diagonal_(float("inf"))
+    left_out = bank.nearest(0, maps, torch.ones(9, dtype=torch.bool))
+    assert torch.equal(left_out, maps[distances.argmin(dim=1)])
+
+
+def test_prototype_norms_are_kept_only_while_the_prototypes_stay_the_same():
+    """The squared norms of the flattened prototypes are computed once per prototype tensor: a refit, a load or an
+    in-place change recomputes them, so a lookup always searches the current prototypes."""
+    bank = _fitted_bank()
+    query = _features(5, seed=6)[1]
+
+    def brute_force(prototypes: torch.Tensor) -> torch.Tensor:
+        return prototypes[torch.cdist(query.flatten(1), prototypes.flatten(1)).argmin(dim=1)]
+
+    assert torch.equal(bank.nearest(1, query), brute_force(bank[1]))  # computes the norms
+    bank.fit(_features(30, seed=8), ratio=0.2, iterations=5, seed=0)
+    assert torch.equal(bank.nearest(1, query), brute_force(bank[1]))
+    other = _fitted_bank(seed=5)
+    other.stage_1.mul_(-0.5)
+    bank.load_state_dict(other.state_dict())
+    assert torch.equal(bank.nearest(1, query), brute_force(other[1]))
+    bank.stage_1[0] = 3.0 * query[0]  # in place: the nearest prototype of query 0 changes
+    assert torch.equal(bank.nearest(1, query), brute_force(bank[1]))
+    assert copy.deepcopy(bank)._norms == {}

@@ -178,7 +178,7 @@ class TrainMixDataset(Dataset):
                     mask *= foreground.astype(mask.dtype)
                     source *= foreground[..., None].astype(source.dtype)
             elif kind == SampleKind.SIMULATED:
-                source = self._anomaly_source(rng, image)
+                source = anomaly_source(self.texture_source, rng, image, self.normals, self.image_size, self.resize)
         return {"image": image_to_tensor(image), "mask": mask_to_tensor(mask), "kind": int(kind),
                 "source": image_to_tensor(source)}
 
@@ -192,9 +192,6 @@ class TrainMixDataset(Dataset):
             if out_mask.any() or not mask.any():
                 return out_image, out_mask
         return image, mask  # the defect keeps leaving the frame: use it unaugmented
-
-    def _anomaly_source(self, rng: np.random.Generator, base_image: np.ndarray) -> np.ndarray:
-        return anomaly_source(self.texture_source, rng, base_image, self.normals, self.image_size, self.resize)
 
 
 class EvalDataset(Dataset):
