@@ -7,6 +7,7 @@ is scored per stage and summed over stages (each divided by its mean on the vali
 over all pixels of seen anomalies + validation normals, for whole-map matching and per-location matching.
 
     .venv/bin/python bench/prototype_match.py kolektor tire magnetic_tile
+    .venv/bin/python bench/prototype_match.py magnetic_tile --ratio 1.0 --match image   # large K: whole maps only
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def stage_features(backbone: FrozenBackbone, paths: list, size: int) -> list[tor
     return [torch.cat(s) for s in stages]
 
 
-def evaluate(category: str, data_root: Path, size: int, ratio: float, seed: int) -> list[str]:
+def evaluate(category: str, data_root: Path, size: int, ratio: float, seed: int, match_kind: str = "all") -> list[str]:
     cfg = load_config(["experiment=folder_cpu", f"data.root={data_root}", f"data.category={category}"])
     splits = load_category(cfg.data)
     seen, _ = split_seen(splits, int(cfg.data.num_seen_anomalies), seed)
@@ -56,7 +57,7 @@ def evaluate(category: str, data_root: Path, size: int, ratio: float, seed: int)
     labels = torch.stack(masks).flatten().numpy() > 0.5
     lines = [f"{category}: {len(train)} training normals, {len(seen)} seen anomalies, {len(val)} validation normals, "
              f"features {time.time() - started:.0f} s"]
-    for match, radius in VARIANTS:
+    for match, radius in (v for v in VARIANTS if match_kind in ("all", v[0])):
         bank = PrototypeBank(3, match=match, neighbourhood=radius)
         bank.fit(fitted, ratio=ratio, iterations=25, seed=seed)
         maps = []
@@ -72,9 +73,10 @@ def evaluate(category: str, data_root: Path, size: int, ratio: float, seed: int)
     return lines
 
 
-def category_arguments(doc: str, location: bool = False) -> argparse.Namespace:
-    """The command line the prototype benchmarks share: categories, data root, input size, ratio and seed (and, with
-    `location`, --location R: per-location matching within R positions instead of whole maps)."""
+def category_arguments(doc: str, location: bool = False, matches: bool = False) -> argparse.Namespace:
+    """The command line the prototype benchmarks share: categories, data root, input size, ratio and seed (with
+    `location`, --location R: per-location matching within R positions instead of whole maps; with `matches`,
+    --match: which of VARIANTS to score)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("categories", nargs="+")
     parser.add_argument("--data-root", type=Path,
@@ -83,6 +85,9 @@ def category_arguments(doc: str, location: bool = False) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
+    if matches:  # per-location windows hold K x (2r+1)^2 vectors per position: many GiB for large K
+        parser.add_argument("--match", choices=("all", "image", "location"), default="all",
+                            help="score only whole-map (image) or only per-location variants (default: all)")
     if location:
         parser.add_argument("--location", type=int, default=None, metavar="R",
                             help="match per location within R positions (model.prototype_match=location)")
@@ -90,11 +95,11 @@ def category_arguments(doc: str, location: bool = False) -> argparse.Namespace:
 
 
 def main() -> None:
-    args = category_arguments(__doc__)
+    args = category_arguments(__doc__, matches=True)
     print("| category | match | stage 1 AUROC / AP | stage 2 | stage 3 | sum |")
     print("| --- | --- | --- | --- | --- | --- |")
     for category in args.categories:
-        for line in evaluate(category, args.data_root, args.size, args.ratio, args.seed):
+        for line in evaluate(category, args.data_root, args.size, args.ratio, args.seed, args.match):
             print(line, flush=True)
 
 
