@@ -67,6 +67,17 @@ def on_best_device(index: faiss.Index) -> faiss.Index:
     return faiss.index_cpu_to_gpu(_GPU_RESOURCES[device], device, index)
 
 
+def _exporting() -> bool:
+    """Tracing or ONNX export: values derived from the prototypes are computed in the graph, not taken from a cache."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _identity(prototypes: Tensor) -> tuple:
+    """What a cache built from `prototypes` is valid for: this storage, unmodified (in-place writes bump
+    `_version`), with this shape, device and dtype."""
+    return prototypes.data_ptr(), prototypes._version, prototypes.shape, prototypes.device, prototypes.dtype
+
+
 def number_of_prototypes(ratio: float, num_images: int) -> int:
     """K = max(1, round(ratio * N)) (Python's round: halves go to the even neighbour)."""
     return max(1, round(ratio * num_images))
@@ -217,10 +228,10 @@ class PrototypeBank(nn.Module):
         than the search itself at every lookup. While exporting they are built in the graph instead.
         """
         prototypes = self[stage]
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if _exporting():
             candidates = self._candidates(prototypes)
             return candidates, candidates.square().sum(dim=2)
-        key = (prototypes.data_ptr(), prototypes._version, prototypes.shape, prototypes.device, prototypes.dtype)
+        key = _identity(prototypes)
         if stage not in self._windows or self._windows[stage][0] != key:
             candidates = self._candidates(prototypes).contiguous()
             self._windows[stage] = (key, candidates, candidates.square().sum(dim=2))
@@ -322,9 +333,9 @@ class PrototypeBank(nn.Module):
         """
         prototypes = self[stage]
         flat = prototypes.reshape(prototypes.shape[0], -1)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if _exporting():
             return flat, flat.square().sum(dim=1)
-        key = (prototypes.data_ptr(), prototypes._version, prototypes.shape, prototypes.device, prototypes.dtype)
+        key = _identity(prototypes)
         if stage not in self._norms or self._norms[stage][0] != key:
             self._norms[stage] = (key, flat.square().sum(dim=1))
         return flat, self._norms[stage][1]
