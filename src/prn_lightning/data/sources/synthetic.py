@@ -144,6 +144,7 @@ def _object(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
 # Sizes in pixels at 256 px and contrasts, drawn per defect: a share HARD_SHARE of the defects are hard ones (small and
 # faint, like the subtle cases of MVTec AD), the rest are plainly visible to a person.
 HARD_SHARE = 0.2
+VISIBLE_GREY_LEVELS = 15.0  # defect_visibility at or above it: a person sees the defect at 256 px
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,16 @@ def render_sample(seed: int, category: str, folder: str, index: int, image_size:
     if defect is None:
         return image, None
     return _apply_defect(rng, defect, image, coverage, part)
+
+
+def defect_visibility(seed: int, category: str, defect: str, index: int, image_size: int) -> float:
+    """How plainly a person sees test defect `index` of type `defect`: the peak of the Gaussian-blurred (sigma 2 px,
+    about what a person resolves at 256 px) absolute grey change between the image as written (8 bits) and the same
+    image without its defect. At least VISIBLE_GREY_LEVELS counts as visible; the `hard` draws mostly stay under."""
+    image, _ = render_sample(seed, category, f"test/{defect}", index, image_size, defect)
+    clean, _ = render_sample(seed, category, f"test/{defect}", index, image_size)
+    written, unchanged = (np.clip(x + 0.5, 0, 255).astype(np.uint8).mean(2) for x in (image, clean))
+    return float(cv2.GaussianBlur(np.abs(written - unchanged), (0, 0), 2).max())
 
 
 def generate_synthetic(root: str | Path, seed: int = 0, image_size: int = 256, num_train: int = 80,
