@@ -34,10 +34,15 @@ def auroc(normal: np.ndarray, anomalous: np.ndarray) -> float:
 
 def main() -> None:
     for run in map(Path, sys.argv[1:]):
+        if not (run / "config.yaml").is_file():
+            sys.exit(f"{run}: no config.yaml there; pass the folder of a finished run (runs/synthetic/texture/...)")
         cfg = OmegaConf.load(run / "config.yaml")
         if cfg.data.dataset != "synthetic":
             sys.exit(f"{run}: data.dataset is {cfg.data.dataset}; this split needs a run on data=synthetic")
-        generator = json.loads((Path(cfg.data.root) / MARKER).read_text())
+        marker = Path(cfg.data.root) / MARKER
+        if not marker.is_file():
+            sys.exit(f"{marker} not found: run this from the folder the run was trained in (its data.root is relative)")
+        generator = json.loads(marker.read_text())
         datamodule = PRNDataModule(cfg.data, seed=int(cfg.seed), seen_list=run / SEEN_LIST)
         datamodule.setup("test")
         module = PRNModule.from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
