@@ -37,6 +37,18 @@ def test_every_experiment_composes(experiment):
     assert set(cfg.model.keys()) == set(base.model.keys())
 
 
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_cpu_experiments_share_the_cpu_recipe_and_gpu_ones_keep_the_papers(experiment):
+    """The CPU recipe's short-schedule keys (README "Results": lr 1e-3 with cosine decay, focal gamma 2) are in every
+    `*_cpu` experiment; the GPU experiments keep the paper's re-implementation (lr 1e-4, focal gamma 4)."""
+    cfg = load_config([f"experiment={experiment}"])
+    cpu = (cfg.model.optimizer.lr, cfg.model.scheduler.name, cfg.model.loss.focal_gamma)
+    if experiment.endswith("_cpu"):
+        assert cpu == (1e-3, "cosine", 2.0)
+    else:
+        assert cfg.model.loss.focal_gamma == 4.0
+
+
 @pytest.mark.parametrize("name", DATASETS)
 def test_every_dataset_group_file_composes(name):
     """A data file is named after its dataset adapter (mvtec.yaml), or after one shared set it configures for the
