@@ -189,11 +189,12 @@ def test_shared_set_data_files_compose_with_the_cpu_experiment(name, size):
               ("model", "prototype_ratio"): 0.4, ("model", "prototype_leave_one_out"): True}),
     ("magnetic_tile", {("trainer", "max_epochs"): 15, ("model", "prototype_ratio"): 0.4,
                        ("model", "prototype_leave_one_out"): True}),
+    ("kolektor", {("trainer", "max_epochs"): 12}),
 ])
 def test_shared_set_experiment_is_the_folder_recipe_with_its_own_keys(name, own_keys):
     """`experiment=NAME_cpu` (the quality benchmark's run of a shared set) differs from the folder CPU recipe on that
-    set's data file by its documented keys alone (tire: per-location matching; magnetic_tile: a longer schedule; both:
-    more prototypes, matched leave-one-out in training)."""
+    set's data file by its documented keys alone (tire: per-location matching; magnetic_tile and kolektor: a longer
+    schedule; tire and magnetic_tile: more prototypes, matched leave-one-out in training)."""
     own = OmegaConf.to_container(load_config([f"experiment={name}_cpu"]))
     folder = OmegaConf.to_container(load_config(["experiment=folder_cpu", f"data={name}"]))
     assert own["experiment"] == f"{name}_cpu"
