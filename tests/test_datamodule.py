@@ -280,6 +280,19 @@ def test_lightning_drives_epochs_and_hooks(dataset_root, tmp_path):
     assert kinds == fit()
 
 
+def test_perlin_threshold_range_reaches_training_and_validation_masks(dataset_root):
+    # data.perlin.min_threshold: larger simulated anomalies in training batches and in the validation split alike
+    def simulated_cover(**perlin) -> tuple[float, float]:
+        dm = make(dataset_root, generation={"seen": False, "extended": False}, perlin=perlin,
+                  val_synthetic_per_normal=16)
+        train = torch.cat([b["mask"][b["kind"] == SampleKind.SIMULATED] for b in train_epoch(dm)])
+        val = torch.cat([b["mask"][b["label"] == 1] for b in dm.val_dataloader()])
+        return float(train.mean()), float(val.mean())
+
+    (train_fixed, val_fixed), (train_range, val_range) = simulated_cover(), simulated_cover(min_threshold=0.1)
+    assert train_range > 2 * train_fixed and val_range > 2 * val_fixed
+
+
 def test_config_errors_name_the_key(dataset_root):
     with pytest.raises(DatasetError, match="num_seen_anomalies"):
         make(dataset_root, num_seen_anomalies=13)

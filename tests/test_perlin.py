@@ -50,6 +50,27 @@ def test_empty_masks_are_redrawn():
     assert (out.flatten(1).amax(dim=1) == 1).all()
 
 
+def test_threshold_range_draws_one_threshold_per_mask_before_the_noise():
+    # each mask is exactly its noise above its own threshold, drawn uniformly in [min_threshold, threshold] first;
+    # a lower threshold covers more of the image (why the range exists: defects larger than DRAEM's masks)
+    seed, batch = 5, 32
+    out = masks(batch, seed=seed, min_scale=1, max_scale=5, min_threshold=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    cut = 0.1 + torch.rand(batch, generator=gen) * 0.4
+    noise = perlin_noise(batch, 64, 64, min_scale=1, max_scale=5, rotation_deg=90.0, generator=gen, device="cpu")
+    assert torch.equal(out[:, 0], (noise > cut.view(batch, 1, 1)).float())
+    coverage = out.flatten(1).mean(dim=1)
+    fixed = masks(batch, seed=seed, min_scale=1, max_scale=5).flatten(1).mean(dim=1)
+    assert coverage.mean() > 2 * fixed.mean()
+    assert torch.corrcoef(torch.stack([coverage, -cut]))[0, 1] > 0.5  # the lower its threshold, the larger a mask
+
+
+def test_no_range_draws_nothing_extra():
+    # min_threshold null or equal to threshold: DRAEM's fixed threshold, the random stream untouched
+    assert torch.equal(masks(8, seed=1, min_threshold=None), masks(8, seed=1, min_threshold=0.5))
+    assert torch.equal(masks(8, seed=1), masks(8, seed=1, min_threshold=0.5))
+
+
 def test_finer_scales_give_more_regions():
     def mean_regions(scale: int) -> float:
         out = masks(8, seed=2, size=(128, 128), min_scale=scale, max_scale=scale + 1, rotation_deg=0.0)
@@ -81,3 +102,5 @@ def test_bad_settings_name_the_config_key():
         masks(1, seed=0, threshold=1.0)
     with pytest.raises(ValueError, match="min_scale"):
         masks(1, seed=0, min_scale=3, max_scale=3)
+    with pytest.raises(ValueError, match=r"data.perlin.min_threshold=0.6 .* min_threshold <= threshold"):
+        masks(1, seed=0, min_threshold=0.6)

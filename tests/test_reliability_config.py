@@ -24,6 +24,7 @@ BAD_VALUES = [
     ("data.beta", "[0.9,0.1]", "low <= high"),
     ("data.foreground", "maybe", "auto, texture, object"),
     ("data.perlin.threshold", "1.0", "(-1.0, 1.0)"),
+    ("data.perlin.min_threshold", "-1", "null or a number in (-1.0, 1.0)"),
     ("trainer.max_epochs", "two", "integer >= 1"),
     ("seed", "-3", ">= 0"),
     ("logger.mode", "sometimes", "auto, online, offline"),
@@ -64,6 +65,8 @@ def test_both_image_size_forms_and_every_shipped_config_pass():
 def test_cross_key_rules():
     with pytest.raises(ConfigError, match=r"data.perlin.min_scale=4, data.perlin.max_scale=2"):
         load_config(["data.perlin.min_scale=4", "data.perlin.max_scale=2"])
+    with pytest.raises(ConfigError, match=r"data.perlin.min_threshold=0.7 .* data.perlin.threshold=0.5"):
+        load_config(["data.perlin.min_threshold=0.7"])
     with pytest.raises(ConfigError, match="data.generation enables no anomaly strategy"):
         load_config(["data.num_seen_anomalies=0", "data.generation.simulated=false"])
     with pytest.raises(ConfigError, match="data.samples_per_epoch=null"):

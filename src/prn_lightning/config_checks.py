@@ -138,6 +138,7 @@ RULES: dict[str, Rule] = {
     "data.perlin.min_scale": integer(0, 10),
     "data.perlin.max_scale": integer(1, 11),
     "data.perlin.threshold": number(-1.0, 1.0, low_open=True, high_open=True),
+    "data.perlin.min_threshold": optional(number(-1.0, 1.0, low_open=True, high_open=True)),
     "data.perlin.rotation": number(0.0, 180.0),
     "data.texture_dir": optional(PATH),
     "data.foreground": choice("auto", "texture", "object"),
@@ -241,20 +242,28 @@ def image_size_hw(value: Any) -> tuple[int, int]:
     return (int(value), int(value)) if _is_int(value) else (int(value[0]), int(value[1]))
 
 
-def check_perlin(min_scale: Any, max_scale: Any, threshold: Any, rotation: Any = 0.0) -> None:
-    """data.perlin: integer scales 0 <= min_scale < max_scale, threshold in (-1, 1), rotation in [0, 180]."""
-    problems = _perlin_problems(min_scale, max_scale, threshold, rotation)
+def check_perlin(min_scale: Any, max_scale: Any, threshold: Any, rotation: Any = 0.0,
+                 min_threshold: Any = None) -> None:
+    """data.perlin: integer scales 0 <= min_scale < max_scale, threshold in (-1, 1), rotation in [0, 180],
+    min_threshold null or in (-1, threshold]."""
+    problems = _perlin_problems(min_scale, max_scale, threshold, rotation, min_threshold)
     if problems:
         raise ConfigError("; ".join(problems))
 
 
-def _perlin_problems(min_scale: Any, max_scale: Any, threshold: Any, rotation: Any) -> list[str]:
+def _perlin_problems(min_scale: Any, max_scale: Any, threshold: Any, rotation: Any,
+                     min_threshold: Any = None) -> list[str]:
     problems = [_line(f"data.perlin.{k}", v, RULES[f"data.perlin.{k}"].allowed)
                 for k, v in (("min_scale", min_scale), ("max_scale", max_scale), ("threshold", threshold),
-                             ("rotation", rotation)) if not RULES[f"data.perlin.{k}"].accepts(v)]
+                             ("rotation", rotation), ("min_threshold", min_threshold))
+                if not RULES[f"data.perlin.{k}"].accepts(v)]
     if not problems and min_scale >= max_scale:
         problems.append(f"data.perlin.min_scale={min_scale}, data.perlin.max_scale={max_scale} are not allowed: "
                         "the Perlin grid scale is drawn in [min_scale, max_scale), so min_scale < max_scale")
+    if not problems and min_threshold is not None and min_threshold > threshold:
+        problems.append(f"data.perlin.min_threshold={min_threshold} is not allowed with data.perlin.threshold="
+                        f"{threshold}: each mask's threshold is drawn in [min_threshold, threshold], so "
+                        "min_threshold <= threshold (or null for the fixed threshold)")
     return problems
 
 
@@ -310,7 +319,8 @@ def _cross_problems(cfg: Any) -> list[str]:
     problems: list[str] = []
     data_present, data = _get(cfg, "data")
     if data_present:
-        values = {k: _get(cfg, f"data.perlin.{k}") for k in ("min_scale", "max_scale", "threshold", "rotation")}
+        values = {k: _get(cfg, f"data.perlin.{k}")
+                  for k in ("min_scale", "max_scale", "threshold", "rotation", "min_threshold")}
         if all(present for present, _ in values.values()):
             args = [v for _, v in values.values()]
             if all(RULES[f"data.perlin.{k}"].accepts(v) for k, v in zip(values, args)):

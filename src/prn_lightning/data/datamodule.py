@@ -88,7 +88,8 @@ def generation_weights(generation: Mapping, num_seen: int) -> dict[SampleKind, f
 def perlin_settings(perlin: Mapping) -> dict[str, Any]:
     """data.perlin (checked by `check_data_config`) -> keyword arguments of `perlin_masks`."""
     return dict(min_scale=int(perlin["min_scale"]), max_scale=int(perlin["max_scale"]),
-                threshold=float(perlin["threshold"]), rotation_deg=float(perlin["rotation"]))
+                threshold=float(perlin["threshold"]), rotation_deg=float(perlin["rotation"]),
+                min_threshold=None if perlin.get("min_threshold") is None else float(perlin["min_threshold"]))
 
 
 class PRNDataModule(pl.LightningDataModule):
