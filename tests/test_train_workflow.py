@@ -122,6 +122,22 @@ def test_checkpoint_chosen_on_real_validation_anomalies(tmp_path):
         assert result[key] == metrics[key], key
 
 
+def test_history_leaves_validation_cells_empty_on_epochs_without_validation(tmp_path, capsys):
+    """trainer.check_val_every_n_epoch=2: only epoch 1 has a validation pass, so epoch 2 has no val/ values (the
+    trainer still holds epoch 1's), neither in history.csv nor on the console line."""
+    run = run_train(load_config(tiny_overrides(tmp_path, **{
+        "logger": "none", "trainer.max_epochs": "3", "trainer.check_val_every_n_epoch": "2"})))
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    val_columns = [k for k in rows[1] if k.startswith("val/")]
+    assert "val/pixel_ap" in val_columns and "val/loss" in val_columns
+    assert all(rows[1][k] for k in val_columns)
+    for row in (rows[0], rows[2]):
+        assert all(row[k] == "" for k in val_columns) and row["train/loss"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert ["val/pixel_ap=" in line for line in lines] == [False, True, False]
+
+
 def test_resume_continues_from_last_checkpoint(tmp_path):
     first = run_train(load_config(tiny_overrides(tmp_path, **{"trainer.max_epochs": "1", "logger": "none"})))
     last = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

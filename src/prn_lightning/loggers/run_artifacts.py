@@ -115,22 +115,31 @@ def render_panel(
 
 
 class HistoryWriter(pl.Callback):
-    """Appends one row per epoch (losses, learning rate, validation metrics: `train/...`, `val/...`) to history.csv."""
+    """Appends one row per epoch (losses, learning rate, validation metrics: `train/...`, `val/...`) to history.csv.
+
+    An epoch without a validation pass (`trainer.check_val_every_n_epoch` > 1) gets empty `val/` cells: the
+    trainer's metrics still hold the last pass's values, which would read as a validation that never ran."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._epoch_started = time.monotonic()
+        self._validated_epoch: int | None = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_started = time.monotonic()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                "epoch_time_s": round(time.monotonic() - self._epoch_started, 1)}  # training + validation
+        validated = self._validated_epoch == trainer.current_epoch
         for name, value in sorted(trainer.callback_metrics.items()):
-            if not name.endswith("_step"):
+            if not name.endswith("_step") and (validated or not name.startswith(f"{VAL}/")):
                 row[name.removesuffix("_epoch")] = float(value)
         rows = []
         if self.path.exists():
