@@ -5,7 +5,8 @@ DRAEM's masks (threshold 0.5, grid scales 2**0-2**5) cover a median 5.5 % of the
 1 % of draws, so a set whose real defects are large regions (magnetic_tile's `uneven` shading) trains on simulated
 anomalies of another size than the ones it must outline. This reads only what training reads: the seen anomalies a
 seed draws (`data.num_seen_anomalies`, masks at the input size and resize policy) and the Perlin masks at the
-experiment's settings, with and without a `--min-threshold`; no test-split image or mask outside the seen ones.
+experiment's settings, with and without a `--min-threshold`. As in every run, the test split's files are probed
+first (readable, mask empty: an empty one is never drawn as seen); only the seen anomalies' masks are measured.
 
     .venv/bin/python bench/anomaly_coverage.py                         # the three shared sets and make train's data
     .venv/bin/python bench/anomaly_coverage.py magnetic_tile --min-threshold 0.1
