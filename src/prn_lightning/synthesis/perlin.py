@@ -101,7 +101,7 @@ def perlin_masks(batch: int, height: int, width: int, *, min_scale: int, max_sca
     check_perlin(min_scale, max_scale, threshold, rotation_deg, min_threshold)
     kwargs = dict(min_scale=min_scale, max_scale=max_scale, rotation_deg=rotation_deg, generator=generator,
                   device=device)
-    cut: torch.Tensor | float = threshold
+    cut = torch.full((batch, 1, 1), threshold, device=device)  # each mask's threshold
     if min_threshold is not None and min_threshold < threshold:
         draws = torch.rand(batch, generator=generator, device=device)
         cut = (min_threshold + draws * (threshold - min_threshold)).view(batch, 1, 1)
@@ -110,7 +110,6 @@ def perlin_masks(batch: int, height: int, width: int, *, min_scale: int, max_sca
         empty = (masks.flatten(1).amax(dim=1) == 0).nonzero().flatten()
         if empty.numel() == 0:
             return masks.unsqueeze(1)
-        empty_cut = cut[empty] if isinstance(cut, torch.Tensor) else cut
-        masks[empty] = (perlin_noise(empty.numel(), height, width, **kwargs) > empty_cut).to(torch.float32)
+        masks[empty] = (perlin_noise(empty.numel(), height, width, **kwargs) > cut[empty]).to(torch.float32)
     raise ValueError(f"Perlin masks stayed empty after {MAX_REDRAWS} draws with threshold={threshold} "
                      f"(data.perlin.threshold) at {height}x{width}; lower the threshold")
