@@ -2,8 +2,8 @@
 
 PRN scores an image by the top-k pixels of its segmentation map, which learned what anomalies look like from seen and
 synthesised ones. The network also holds a training-free one-class signal: the residual D = (F - P*)^2 of each
-prototype stage against the image's nearest prototype (what PRN feeds its decoder). Per run (its best checkpoint,
-its own prototypes and splits), this scores every image by
+prototype stage against its nearest prototype under the run's `model.prototype_match` (what PRN feeds its
+decoder). Per run (its best checkpoint, its own prototypes and splits), this scores every image by
 
 - `prn`: the run's image score (mean of the top-k map pixels, `model.topk`);
 - `res_j`: the mean of the 10 largest channel-mean residuals of prototype stage j (j = 0, 1, 2);
@@ -68,6 +68,8 @@ def evaluate(run: Path) -> dict[str, float]:
     datamodule = PRNDataModule(cfg.data, seed=int(cfg.seed), seen_list=run / SEEN_LIST)
     datamodule.setup("fit")
     module = PRNModule.from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
+    if module.network.prototypes is None:
+        sys.exit(f"{run}: trained with model.use_prototypes=false, so it has no prototype residual to score")
     batch_size = int(cfg.data.eval_batch_size)
     val = image_scores(module, datamodule.val_dataloader())
     test = image_scores(module, datamodule.test_dataloader())
