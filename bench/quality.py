@@ -8,7 +8,8 @@ EfficientNet-Lite0 weights, stride-8 and stride-16 stages, coreset 1 %, 9 neighb
 training images and scored on the same test split: the datamodule is built from the same config and seed, so the
 same seen anomalies are removed and the maps are compared at the same resolution with the same exact metrics.
 Results (I / P / O / A, mean +- std over seeds, wall times) go to bench/results/quality.md and quality.json. Finished
-runs are kept under --runs-root and reused, so a stopped benchmark resumes where it left off.
+runs are kept under --runs-root and reused and a run stopped part-way is resumed from its last checkpoint, so a
+stopped benchmark continues where it left off.
 
     make bench-quality                       # 3 seeds, all four sets, --fast-coreset (~2 h 50 min on 2 cores)
     .venv/bin/python bench/quality.py --sets kolektor --seeds 1 --skip-patchcore
@@ -65,11 +66,14 @@ def run_prn(overrides: list[str], seed: int, run_dir: Path) -> tuple[dict, dict]
     """Train + test PRN through the CLI (a fresh process per run), then test its last checkpoint too.
 
     Returns (the run's own result: the experiment's checkpoint policy, the last checkpoint's result): the evidence for
-    choosing best-on-validation or last across sets and seeds. Finished runs are reused.
+    choosing best-on-validation or last across sets and seeds. Finished runs are reused, stopped ones resumed (the
+    CLI refuses a resume whose command line would change the run's config).
     """
+    from prn_lightning.workflows.run_dir import holds_run
+
     metrics_file, last_file = run_dir / "metrics.json", run_dir / "test-last" / "metrics.json"
-    if not metrics_file.is_file():
-        cli("train", *overrides, f"seed={seed}", f"run_dir={run_dir}")
+    if not metrics_file.is_file():  # a run stopped part-way continues from its last checkpoint
+        cli("train", *overrides, f"seed={seed}", f"resume={run_dir}" if holds_run(run_dir) else f"run_dir={run_dir}")
     if not last_file.is_file():
         cli("test", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", f"run_dir={last_file.parent}")
     return json.loads(metrics_file.read_text()), json.loads(last_file.read_text())
