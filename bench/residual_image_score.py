@@ -12,8 +12,10 @@ decoder). Per run (its best checkpoint, its own prototypes and splits), this sco
 
 Which stage to add is decided on training data only: the residual score's AUROC of the run's seen anomalies (never
 in the prototypes) against its validation normals. Test image AUROC is printed for every score, so the stage chosen
-that way can be compared with the others afterwards (nothing here is chosen on the test split). Each set's line is
-the mean over its runs (grouped by the folder above them, as `bench/quality.py` writes RUNS_ROOT/<set>/prn-seed<N>).
+that way can be compared with the others afterwards (nothing here is chosen on the test split), and so is `shift_*`:
+each single score's AUROC of the test normals against the validation normals (50 when both come from one
+distribution). Each set's line is the mean over its runs (grouped by the folder above them, as `bench/quality.py`
+writes RUNS_ROOT/<set>/prn-seed<N>).
 
     .venv/bin/python bench/residual_image_score.py runs/quality/*/prn-seed*
 """
@@ -85,6 +87,8 @@ def evaluate(run: Path) -> dict[str, float]:
     chosen = max(STAGES, key=lambda j: out[f"seen_res_{j}"])
     is_normal, is_anomalous = test["label"] == 0, test["label"] == 1
     scores = {"prn": test["prn"]} | {f"res_{j}": test[f"res_{j}"] for j in STAGES}
+    # above 50: the test normals score higher than the validation normals, a shift a one-class term reads as anomaly
+    out |= {f"shift_{name}": auroc(normals[name], values[is_normal]) for name, values in scores.items()}
     scores |= {f"prn+res_{j}": standardised("prn", test["prn"]) + standardised(f"res_{j}", test[f"res_{j}"])
                for j in STAGES}
     out |= {name: auroc(values[is_normal], values[is_anomalous]) for name, values in scores.items()}
