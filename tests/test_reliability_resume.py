@@ -28,6 +28,7 @@ from prn_lightning.workflows.run_dir import (
     RESUME_SAFE_KEYS,
     differing_keys,
     new_run_dir,
+    open_run,
     record_resume,
     resume_config,
     save_config,
@@ -208,6 +209,29 @@ def test_atomic_writes_leave_the_previous_file_when_a_write_fails(tmp_path: Path
         save_config(load_config(["seed=4"]), config, exclusive=True)
     assert OmegaConf.load(config).seed == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml",
                                                                                               "last.ckpt"]
+
+
+def test_resume_removes_partial_files_of_a_killed_writer(reference: Path, tmp_path: Path):
+    """SIGKILL during an atomic write leaves `.last.ckpt.PID.tmp` (the cleanup never runs); the resume removes it,
+    keeping a partial whose writer is still alive."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run, ignore=shutil.ignore_patterns("metrics.json"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        orphans = [run / "checkpoints" / f".last.ckpt.{dead.pid}.tmp", run / f".config.yaml.{dead.pid}.tmp"]
+        kept = run / "checkpoints" / f".best.ckpt.{alive.pid}.tmp"
+        for partial in (*orphans, kept):
+            partial.write_bytes(b"half a file")
+        opened = open_run(resume_config(run, []), rank=0)
+        assert opened.resume_from is not None and opened.resume_from.parent == run / "checkpoints"
+        assert not any(p.exists() for p in orphans) and kept.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
+        [kept.name, "best.ckpt", "last.ckpt"])
 
 
 def test_prn_predict_takes_the_data_values_from_the_run(reference: Path, tmp_path: Path, capsys):

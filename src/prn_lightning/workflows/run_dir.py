@@ -195,6 +195,29 @@ def _extends(run_dir: Path, cfg: DictConfig) -> bool:
     return any(before.get(k) != after.get(k) for k in ("trainer.max_epochs", "trainer.max_steps"))
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_orphaned_partials(run_dir: Path) -> list[Path]:
+    """Delete the `.NAME.PID.tmp` files that an atomic write (a checkpoint, config.yaml) leaves when its process is
+    killed mid-write (SIGKILL skips the cleanup); files of a process still alive are kept. Returns what was removed."""
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for partial in folder.glob(".*.tmp") if folder.is_dir() else ():
+            pid = partial.name[:-len(".tmp")].rpartition(".")[2]
+            if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+                partial.unlink(missing_ok=True)
+                removed.append(partial)
+    return removed
+
+
 def newest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint to continue from: the newer of checkpoints/last.ckpt and best.ckpt (a kill between the two
     writes of an epoch's end leaves best.ckpt one epoch ahead), or None before the first checkpoint."""
@@ -254,6 +277,7 @@ def open_run(cfg: DictConfig, rank: int, inherited: str | None = None) -> Opened
                               "trainer.max_epochs, or start a new run")
         if rank == 0:
             record_resume(target, resumed)
+            remove_orphaned_partials(target)
         ckpt = Path(cfg.ckpt) if cfg.get("ckpt") else newest_checkpoint(target)
         return OpenedRun(resumed, target, ckpt, None)
     if inherited or rank != 0:
