@@ -44,12 +44,13 @@ def stage_features(backbone: FrozenBackbone, paths: list, size: int) -> list[tor
     return [torch.cat(s) for s in stages]
 
 
-def evaluate(category: str, data_root: Path, size: int, ratio: float, seed: int, match_kind: str = "all") -> list[str]:
+def evaluate(category: str, data_root: Path, size: int, ratio: float, seed: int, match_kind: str = "all",
+             backbone_name: str | None = None) -> list[str]:
     cfg = load_config(["experiment=folder_cpu", f"data.root={data_root}", f"data.category={category}"])
     splits = load_category(cfg.data)
     seen, _ = split_seen(splits, int(cfg.data.num_seen_anomalies), seed)
     train, val = hold_out(splits.train, float(cfg.data.val_fraction), seed)
-    backbone = FrozenBackbone(str(cfg.model.backbone.name), "bundled", (1, 2, 3, 4)).eval()
+    backbone = FrozenBackbone(backbone_name or str(cfg.model.backbone.name), "bundled", (1, 2, 3, 4)).eval()
     started = time.time()
     fitted = stage_features(backbone, [s.image_path for s in train], size)
     queries = stage_features(backbone, [s.image_path for s in seen + val], size)
@@ -88,6 +89,9 @@ def category_arguments(doc: str, location: bool = False, matches: bool = False) 
     if matches:  # per-location windows hold K x (2r+1)^2 vectors per position: many GiB for large K
         parser.add_argument("--match", choices=("all", "image", "location"), default="all",
                             help="score only whole-map (image) or only per-location variants (default: all)")
+        parser.add_argument("--backbone", default=None,
+                            help="a bundled backbone (model.backbone.name), e.g. tf_efficientnet_lite2 "
+                                 "(default: the experiment's, Lite0)")
     if location:
         parser.add_argument("--location", type=int, default=None, metavar="R",
                             help="match per location within R positions (model.prototype_match=location)")
@@ -99,7 +103,8 @@ def main() -> None:
     print("| category | match | stage 1 AUROC / AP | stage 2 | stage 3 | sum |")
     print("| --- | --- | --- | --- | --- | --- |")
     for category in args.categories:
-        for line in evaluate(category, args.data_root, args.size, args.ratio, args.seed, args.match):
+        for line in evaluate(category, args.data_root, args.size, args.ratio, args.seed, args.match,
+                             args.backbone):
             print(line, flush=True)
 
 
