@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: where results go, how the machine is described, timing, summary rows.
+"""Shared by the benchmark scripts: where results go, how the machine is described, timing, summary rows, and
+loading a finished run for the analysis scripts.
 
 Every script writes bench/results/<name>.json; a script that adds lines to bench/results/summary.md puts them in
 its payload's "rows" (see `row`), and run_all.py collects them.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -64,3 +66,16 @@ def write_result(name: str, payload: dict) -> Path:
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=1, default=float) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def finished_run(run: Path, stage: str) -> tuple[DictConfig, Any, Any]:
+    """(config, datamodule set up for `stage`, best checkpoint in eval mode) of a finished run: its own seen
+    anomalies stay out of its test split, as in the run's test pass."""
+    from prn_lightning.data.datamodule import PRNDataModule
+    from prn_lightning.data.seen import SEEN_LIST
+    from prn_lightning.models.prn.lightning_module import PRNModule
+
+    cfg = OmegaConf.load(run / "config.yaml")
+    datamodule = PRNDataModule(cfg.data, seed=int(cfg.seed), seen_list=run / SEEN_LIST)
+    datamodule.setup(stage)
+    return cfg, datamodule, PRNModule.from_checkpoint(run / "checkpoints" / "best.ckpt").eval()

@@ -21,10 +21,8 @@ import torch
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
-from prn_lightning.data.datamodule import PRNDataModule
-from prn_lightning.data.seen import SEEN_LIST
+from common import finished_run  # bench/ is sys.path[0] when run as a script
 from prn_lightning.data.sources.synthetic import MARKER, VISIBLE_GREY_LEVELS, defect_visibility
-from prn_lightning.models.prn.lightning_module import PRNModule
 
 
 def auroc(normal: np.ndarray, anomalous: np.ndarray) -> float:
@@ -43,9 +41,7 @@ def main() -> None:
         if not marker.is_file():
             sys.exit(f"{marker} not found: run this from the folder the run was trained in (its data.root is relative)")
         generator = json.loads(marker.read_text())
-        datamodule = PRNDataModule(cfg.data, seed=int(cfg.seed), seen_list=run / SEEN_LIST)
-        datamodule.setup("test")
-        module = PRNModule.from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
+        _, datamodule, module = finished_run(run, "test")
         scores, labels, paths = [], [], []
         with torch.inference_mode():
             for batch in datamodule.test_dataloader():

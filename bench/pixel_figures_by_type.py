@@ -18,13 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from prn_lightning.data.datamodule import PRNDataModule
-from prn_lightning.data.seen import SEEN_LIST
-from prn_lightning.models.prn.lightning_module import PRNModule
+from common import finished_run  # bench/ is sys.path[0] when run as a script
 
 FALSE_POSITIVE_RATES = (0.01, 0.05, 0.3)
 EDGE_BANDS = ((0, 4), (4, 12), (12, 32), (32, np.inf))  # pixels from the region's edge
@@ -32,10 +29,7 @@ EDGE_BANDS = ((0, 4), (4, 12), (12, 32), (32, np.inf))  # pixels from the region
 
 def test_maps(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(maps (N,H,W), masks (N,H,W) bool, defect type per image) of the run's test split, best checkpoint."""
-    cfg = OmegaConf.load(run / "config.yaml")
-    datamodule = PRNDataModule(cfg.data, seed=int(cfg.seed), seen_list=run / SEEN_LIST)
-    datamodule.setup("test")
-    module = PRNModule.from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
+    _, datamodule, module = finished_run(run, "test")
     maps, masks, types = [], [], []
     with torch.inference_mode():
         for batch in datamodule.test_dataloader():

@@ -27,13 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from prn_lightning.data.datamodule import PRNDataModule
+from common import finished_run  # bench/ is sys.path[0] when run as a script
 from prn_lightning.data.datasets import EvalDataset
-from prn_lightning.data.seen import SEEN_LIST
 from prn_lightning.models.prn.lightning_module import PRNModule
 from prn_lightning.models.prn.network import NUM_PROTOTYPE_STAGES
 from prn_lightning.models.prn.residual import prototype_residual
@@ -66,10 +64,7 @@ def auroc(normal: np.ndarray, anomalous: np.ndarray) -> float:
 
 def evaluate(run: Path) -> dict[str, float]:
     """Test image AUROC of every score, the seen-vs-validation AUROC of each stage's residual, the stage chosen."""
-    cfg = OmegaConf.load(run / "config.yaml")
-    datamodule = PRNDataModule(cfg.data, seed=int(cfg.seed), seen_list=run / SEEN_LIST)
-    datamodule.setup("fit")
-    module = PRNModule.from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
+    cfg, datamodule, module = finished_run(run, "fit")
     if module.network.prototypes is None:
         sys.exit(f"{run}: trained with model.use_prototypes=false, so it has no prototype residual to score")
     batch_size = int(cfg.data.eval_batch_size)

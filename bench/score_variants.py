@@ -17,13 +17,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
-from prn_lightning.data.datamodule import PRNDataModule
-from prn_lightning.data.seen import SEEN_LIST
+from common import finished_run  # bench/ is sys.path[0] when run as a script
 from prn_lightning.metrics import AnomalyMetrics
-from prn_lightning.models.prn.lightning_module import PRNModule
 from prn_lightning.models.prn.scoring import anomaly_map, gaussian_blur, image_score
 
 SIGMAS = (0.0, 2.0, 4.0)
@@ -33,10 +30,7 @@ CHUNK = 32
 
 def raw_maps(run: Path, split: str) -> dict:
     """Unsmoothed maps (float16), masks, labels and defect ids of RUN's best checkpoint on SPLIT."""
-    cfg = OmegaConf.load(run / "config.yaml")
-    datamodule = PRNDataModule(cfg.data, seed=int(cfg.seed), seen_list=run / SEEN_LIST)
-    datamodule.setup("fit" if split == "val" else "test")
-    module = PRNModule.from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
+    _, datamodule, module = finished_run(run, "fit" if split == "val" else "test")
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     parts = defaultdict(list)
     with torch.inference_mode():

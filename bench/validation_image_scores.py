@@ -13,12 +13,9 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
-from prn_lightning.data.datamodule import PRNDataModule
-from prn_lightning.data.seen import SEEN_LIST
-from prn_lightning.models.prn.lightning_module import PRNModule
+from common import finished_run  # bench/ is sys.path[0] when run as a script
 from prn_lightning.models.prn.scoring import anomaly_map, gaussian_blur, image_score
 
 
@@ -30,10 +27,7 @@ def variants(maps: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def main() -> None:
     for run in map(Path, sys.argv[1:]):
-        cfg = OmegaConf.load(run / "config.yaml")
-        datamodule = PRNDataModule(cfg.data, seed=int(cfg.seed), seen_list=run / SEEN_LIST)
-        datamodule.setup("fit")
-        module = PRNModule.from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
+        cfg, datamodule, module = finished_run(run, "fit")
         maps, labels, real = [], [], []
         with torch.inference_mode():
             for batch in datamodule.val_dataloader():
