@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from prn_lightning.models.prn import PRNLoss, PRNNetwork, PrototypeError, anomaly_map, binary_focal_loss, image_score
 from prn_lightning.models.prn.attention import MultiSizeAttentionBlock, patch_attention, patch_sizes
+from prn_lightning.models.prn.loss import soft_dice_loss
 from prn_lightning.models.prn.scoring import gaussian_kernel1d
 
 MODEL_BASE = Path(__file__).resolve().parents[1] / "experiments" / "model" / "base.yaml"
@@ -212,3 +213,22 @@ def test_input_statistics_come_from_the_backbone_config_and_travel_in_the_state_
     copy = PRNNetwork.from_config(_config(msa_blocks=1), 64)
     copy.load_state_dict(state)  # a current checkpoint's own statistics win over the backbone's config
     assert torch.equal(copy.input_mean, state["input_mean"])
+
+
+def test_dice_term_scores_region_overlap_over_the_batch():
+    # two images: one with a 2-pixel defect, one normal; probabilities 0.5 everywhere (logit 0)
+    logits = torch.zeros(2, 1, 2, 2)
+    mask = torch.zeros(2, 1, 2, 2)
+    mask[0, 0, 0] = 1.0
+    # overlap 2 x 0.5 = 1, predicted mass 8 x 0.5 = 4, true mass 2: 1 - (2 + 1) / (4 + 2 + 1)
+    assert soft_dice_loss(logits, mask).item() == pytest.approx(1 - 3 / 7, rel=1e-6)
+    perfect = torch.where(mask > 0, 30.0, -30.0)
+    assert soft_dice_loss(perfect, mask).item() == pytest.approx(0.0, abs=1e-6)
+    base = PRNLoss(focal_gamma=2.0)
+    with_dice = PRNLoss(focal_gamma=2.0, dice_weight=0.5)
+    loss, parts = base(logits, mask)
+    loss_dice, parts_dice = with_dice(logits, mask)
+    assert "dice" not in parts and parts_dice["dice"].item() == pytest.approx(1 - 3 / 7, rel=1e-6)
+    assert loss_dice.item() == pytest.approx(loss.item() + 0.5 * (1 - 3 / 7), rel=1e-6)
+    with pytest.raises(ValueError, match="dice_weight=-1"):
+        PRNLoss(dice_weight=-1.0)

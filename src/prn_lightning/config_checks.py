@@ -168,6 +168,7 @@ RULES: dict[str, Rule] = {
     "model.loss.focal_weight": number(0.0),
     "model.loss.focal_alpha": number(0.0, 1.0),
     "model.loss.focal_gamma": number(0.0),
+    "model.loss.dice_weight": number(0.0),
     "model.topk": integer(1),
     "model.map_smoothing_sigma": number(0.0),
     "model.optimizer.name": choice("adam", "adamw", "sgd"),

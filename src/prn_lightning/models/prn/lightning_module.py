@@ -90,7 +90,7 @@ class PRNModule(pl.LightningModule):
 
     Args:
         network: the network (its prototypes are fitted before the first step unless they already are).
-        loss: SmoothL1 + lambda x focal, with its weights.
+        loss: SmoothL1 + lambda x focal (+ mu x Dice), with its weights.
         optimiser, scheduler: the optimisation settings (`model.optimizer`, `model.scheduler`).
         prototypes: k-means settings for the prototype bank (ratio, iterations, seed).
         topk: image score = mean of the top-k pixels of the anomaly map.
@@ -123,7 +123,7 @@ class PRNModule(pl.LightningModule):
         self.save_hyperparameters({
             "network": {"settings": network.settings, "image_size": list(network.image_size)},
             "loss": {name: getattr(loss, name) for name in
-                     ("smooth_l1_weight", "focal_weight", "focal_alpha", "focal_gamma")},
+                     ("smooth_l1_weight", "focal_weight", "focal_alpha", "focal_gamma", "dice_weight")},
             "optimiser": asdict(optimiser), "scheduler": asdict(scheduler), "prototypes": asdict(prototypes),
             "topk": self.topk, "map_smoothing_sigma": self.map_smoothing_sigma, "defect_types": self.defect_types,
         })

@@ -1,7 +1,9 @@
-"""PRN's segmentation loss: SmoothL1(sigmoid(logits), M) + lambda * Focal(logits, M).
+"""PRN's segmentation loss: SmoothL1(sigmoid(logits), M) + lambda * Focal(logits, M) [+ mu * Dice].
 
 The Smooth-L1 term pulls every pixel's probability towards its mask value; the focal term concentrates on the
-few hard pixels (small defects among many normal pixels).
+few hard pixels (small defects among many normal pixels). The optional soft-Dice term (weight 0 in the paper) scores
+the overlap of the predicted and true defect regions as a whole, so a large region predicted at half strength
+costs as much as a small one missed.
 """
 from __future__ import annotations
 
@@ -24,26 +26,39 @@ def binary_focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.5, gamma:
     return (-alpha_t * one_minus_p_t.pow(gamma) * log_p_t).mean()
 
 
+def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
+    """1 - (2 sum(p m) + s) / (sum(p) + sum(m) + s) over the whole batch, p = sigmoid(logits).
+
+    Summed over the batch (not per image), so a batch of normal images only pushes its predicted mass to zero
+    instead of having no overlap to score; `smooth` keeps it finite and makes that push gentle for small masses.
+    """
+    probabilities = torch.sigmoid(logits)
+    overlap = (probabilities * target).sum()
+    return 1 - (2 * overlap + smooth) / (probabilities.sum() + target.sum() + smooth)
+
+
 class PRNLoss(nn.Module):
     """`loss, parts = PRNLoss(...)(logits (B,1,H,W), mask (B,1,H,W) or (B,H,W) in {0,1})`.
 
-    `parts` holds the unweighted terms (detached) for logging: {"smooth_l1": ..., "focal": ...}.
+    `parts` holds the unweighted terms (detached) for logging: {"smooth_l1": ..., "focal": ...}, and "dice" when
+    its weight is above 0.
     """
 
     def __init__(self, smooth_l1_weight: float = 1.0, focal_weight: float = 5.0, focal_alpha: float = 0.5,
-                 focal_gamma: float = 4.0) -> None:
+                 focal_gamma: float = 4.0, dice_weight: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= focal_alpha <= 1.0:
             raise ValueError(f"model.loss.focal_alpha={focal_alpha} must be in [0, 1]")
-        if focal_gamma < 0 or smooth_l1_weight < 0 or focal_weight < 0:
+        if focal_gamma < 0 or smooth_l1_weight < 0 or focal_weight < 0 or dice_weight < 0:
             raise ValueError(
                 f"model.loss weights and focal_gamma must be >= 0, got smooth_l1_weight={smooth_l1_weight}, "
-                f"focal_weight={focal_weight}, focal_gamma={focal_gamma}"
+                f"focal_weight={focal_weight}, focal_gamma={focal_gamma}, dice_weight={dice_weight}"
             )
         self.smooth_l1_weight = smooth_l1_weight
         self.focal_weight = focal_weight
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.dice_weight = dice_weight
 
     @classmethod
     def from_config(cls, loss_cfg: Any) -> PRNLoss:
@@ -53,6 +68,7 @@ class PRNLoss(nn.Module):
             focal_weight=float(loss_cfg.focal_weight),
             focal_alpha=float(loss_cfg.focal_alpha),
             focal_gamma=float(loss_cfg.focal_gamma),
+            dice_weight=float(loss_cfg.dice_weight),
         )
 
     def forward(self, logits: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -65,8 +81,13 @@ class PRNLoss(nn.Module):
         smooth_l1 = F.smooth_l1_loss(torch.sigmoid(logits), mask)
         focal = binary_focal_loss(logits, mask, self.focal_alpha, self.focal_gamma)
         loss = self.smooth_l1_weight * smooth_l1 + self.focal_weight * focal
-        return loss, {"smooth_l1": smooth_l1.detach(), "focal": focal.detach()}
+        parts = {"smooth_l1": smooth_l1.detach(), "focal": focal.detach()}
+        if self.dice_weight > 0:
+            dice = soft_dice_loss(logits, mask)
+            loss = loss + self.dice_weight * dice
+            parts["dice"] = dice.detach()
+        return loss, parts
 
     def extra_repr(self) -> str:
         return (f"smooth_l1_weight={self.smooth_l1_weight}, focal_weight={self.focal_weight}, "
-                f"focal_alpha={self.focal_alpha}, focal_gamma={self.focal_gamma}")
+                f"focal_alpha={self.focal_alpha}, focal_gamma={self.focal_gamma}, dice_weight={self.dice_weight}")
