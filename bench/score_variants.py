@@ -21,6 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from common import finished_run  # bench/ is sys.path[0] when run as a script
 from prn_lightning.metrics import AnomalyMetrics
+from prn_lightning.models.prn.lightning_module import VAL_DEFECT_TYPES, validation_defect_ids
 from prn_lightning.models.prn.scoring import anomaly_map, gaussian_blur, image_score
 
 SIGMAS = (0.0, 2.0, 4.0)
@@ -38,8 +39,11 @@ def raw_maps(run: Path, split: str) -> dict:
             parts["maps"].append(anomaly_map(module.network(batch["image"])).half())
             parts["masks"].append(batch["mask"][:, 0])
             parts["labels"].append(batch["label"])
-            parts["defect_ids"].append(batch["defect_id"])
-    return {name: torch.cat(values) for name, values in parts.items()} | {"defect_types": datamodule.defect_types}
+            # validation anomalies are typed as the module's validation metrics type them (simulated / real)
+            parts["defect_ids"].append(validation_defect_ids(batch["label"], batch["defect_id"]) if split == "val"
+                                       else batch["defect_id"])
+    defect_types = VAL_DEFECT_TYPES if split == "val" else datamodule.defect_types
+    return {name: torch.cat(values) for name, values in parts.items()} | {"defect_types": defect_types}
 
 
 def figures(scored: dict) -> dict[str, float]:

@@ -48,6 +48,12 @@ RUN_CONFIG_KEY = "prn_run_config"  # where a checkpoint keeps the run config it 
 VAL_DEFECT_TYPES = ("simulated", "real")
 
 
+def validation_defect_ids(labels: torch.Tensor, defect_ids: torch.Tensor) -> torch.Tensor:
+    """A validation batch's ids in `VAL_DEFECT_TYPES`: 0 simulated (no real type: defect_id -1), 1 real
+    (data.num_val_anomalies), -1 normal."""
+    return torch.where(labels == 1, (defect_ids >= 0).long(), -1)
+
+
 def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """The image-score threshold with the best F1 (score >= threshold means anomalous); used on validation only."""
     if labels.sum() == 0:  # nothing to find: flag nothing
@@ -247,9 +253,7 @@ class PRNModule(pl.LightningModule):
         return loss, maps, scores
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # two validation defect types: simulated (no real type, defect_id -1) and real (data.num_val_anomalies)
-        is_real = batch["defect_id"] >= 0
-        val_ids = torch.where(batch["label"] == 1, is_real.long(), -1)
+        val_ids = validation_defect_ids(batch["label"], batch["defect_id"])
         loss, _, scores = self._evaluate(batch, self.val_metrics, val_ids)
         self.log(key(VAL, LOSS), loss, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
         self._val_scores.append(scores.detach())
