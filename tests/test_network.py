@@ -232,3 +232,11 @@ def test_dice_term_scores_region_overlap_over_the_batch():
     assert loss_dice.item() == pytest.approx(loss.item() + 0.5 * (1 - 3 / 7), rel=1e-6)
     with pytest.raises(ValueError, match="dice_weight=-1"):
         PRNLoss(dice_weight=-1.0)
+
+
+def test_loss_of_a_run_config_written_before_the_dice_term_existed_is_the_papers():
+    old_run = OmegaConf.create({"smooth_l1_weight": 1.0, "focal_weight": 5.0, "focal_alpha": 0.5, "focal_gamma": 2.0})
+    OmegaConf.set_struct(old_run, True)  # as `prn train resume=RUN` reads RUN/config.yaml
+    assert PRNLoss.from_config(old_run).dice_weight == 0.0
+    base = OmegaConf.load(MODEL_BASE).model.loss
+    assert PRNLoss.from_config(base).dice_weight == base.dice_weight == 0.0

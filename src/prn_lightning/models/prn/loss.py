@@ -62,13 +62,13 @@ class PRNLoss(nn.Module):
 
     @classmethod
     def from_config(cls, loss_cfg: Any) -> PRNLoss:
-        """From the `model.loss` config section."""
+        """From the `model.loss` config section (a run config written before `dice_weight` existed has none: 0)."""
         return cls(
             smooth_l1_weight=float(loss_cfg.smooth_l1_weight),
             focal_weight=float(loss_cfg.focal_weight),
             focal_alpha=float(loss_cfg.focal_alpha),
             focal_gamma=float(loss_cfg.focal_gamma),
-            dice_weight=float(loss_cfg.dice_weight),
+            dice_weight=float(loss_cfg.get("dice_weight", 0.0)),
         )
 
     def forward(self, logits: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
