@@ -30,9 +30,10 @@ def defect_ranks(run: Path) -> list[str]:
     normal = np.sort(maps[labels == 0].ravel())
     if normal.size == 0:
         return [f"{run}: no normal test images"]
+    normal_quantiles = np.percentile(normal, NORMAL_QUANTILES)
     lines = [f"{run}", "  normal pixels  q" + " / ".join(f"{q:g}" for q in NORMAL_QUANTILES) + ": "
-             + " / ".join(f"{v:.4f}" for v in np.percentile(normal, NORMAL_QUANTILES))]
-    normal_q99 = np.percentile(normal, 99)
+             + " / ".join(f"{v:.4f}" for v in normal_quantiles)]
+    normal_q99 = normal_quantiles[NORMAL_QUANTILES.index(99)]
     for index, name in enumerate(scored["defect_types"]):
         selected = (defect_ids == index) & (labels == 1)
         pixels = maps[selected][masks[selected]]
