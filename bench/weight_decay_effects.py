@@ -24,17 +24,15 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor
 
 from common import finished_run  # bench/ is sys.path[0] when run as a script
-from prn_lightning.models.prn.attention import MultiSizeAttentionBlock, patch_sizes
+from prn_lightning.models.prn.attention import MultiSizeAttentionBlock, patch_sizes, patch_tokens
 from prn_lightning.models.prn.lightning_module import RUN_CONFIG_KEY
 from prn_lightning.workflows.module_factory import build_module
 
 PARTS = (  # (label, parameter-name prefix), first match wins
-    ("attention Q/K/V projections", "network.attention.stages."),
     ("attention fusion", "network.attention_fusion."),
     ("feature and residual fusion", "network.feature_fusion."),
     ("feature and residual fusion", "network.residual_fusion."),
@@ -43,8 +41,8 @@ PARTS = (  # (label, parameter-name prefix), first match wins
 
 
 def part_of(name: str) -> str | None:
-    if name.startswith("network.attention.stages.") and ".qkv." not in name:
-        return "attention output blocks"
+    if name.startswith("network.attention.stages."):
+        return "attention Q/K/V projections" if ".qkv." in name else "attention output blocks"
     return next((label for label, prefix in PARTS if name.startswith(prefix)), None)
 
 
@@ -82,18 +80,12 @@ HEADS = slice(1, 3)  # the heads with 4 and 16 tokens (the first head has one to
 def head_statistics(block: MultiSizeAttentionBlock, x: Tensor) -> list[tuple[int, float, float]]:
     """(tokens, mean logit std per query, mean largest weight per query) for the block's heads in HEADS."""
     qkv = block.qkv(x)
-    batch, channels3, height, width = qkv.shape
-    channels = channels3 // 3
     rows = []
-    for ph, pw in patch_sizes(height, width, block.num_sizes)[HEADS]:
-        padded = F.pad(qkv, (0, (-width) % pw, 0, (-height) % ph))  # as patch_attention pads a map it does not divide
-        nh, nw = padded.shape[-2] // ph, padded.shape[-1] // pw
-        tokens = (padded.reshape(batch, 3, channels, nh, ph, nw, pw)
-                  .permute(1, 0, 3, 5, 2, 4, 6).reshape(3, batch, nh * nw, channels * ph * pw))
-        q, k = tokens[0], tokens[1]
+    for patch in patch_sizes(qkv.shape[-2], qkv.shape[-1], block.num_sizes)[HEADS]:
+        q, k, _ = patch_tokens(qkv, patch)  # the tokens the network's own heads attend over
         logits = torch.bmm(q, k.transpose(1, 2)) / q.shape[-1]
         weights = torch.softmax(logits, dim=-1)
-        rows.append((nh * nw, logits.std(dim=-1).mean().item(), weights.amax(dim=-1).mean().item()))
+        rows.append((q.shape[1], logits.std(dim=-1).mean().item(), weights.amax(dim=-1).mean().item()))
     return rows
 
 

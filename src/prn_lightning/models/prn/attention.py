@@ -45,6 +45,23 @@ def token_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return torch.bmm(weights, v)
 
 
+def patch_tokens(qkv: Tensor, patch: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Q, K, V tokens (B, n, c * ph * pw) of the (ph, pw) patches of `qkv` (B, 3c, H, W), row-major over patches.
+
+    A map that the patch size does not divide is zero-padded at the bottom/right first."""
+    batch, channels3, height, width = qkv.shape
+    channels = channels3 // 3
+    ph, pw = patch
+    pad_h, pad_w = (-height) % ph, (-width) % pw
+    if pad_h or pad_w:
+        qkv = F.pad(qkv, (0, pad_w, 0, pad_h))
+    nh, nw = qkv.shape[-2] // ph, qkv.shape[-1] // pw
+    tokens = (qkv.reshape(batch, 3, channels, nh, ph, nw, pw)
+              .permute(1, 0, 3, 5, 2, 4, 6)
+              .reshape(3, batch, nh * nw, channels * ph * pw))
+    return tokens.unbind(0)
+
+
 def patch_attention(qkv: Tensor, patch: tuple[int, int]) -> Tensor:
     """Self-attention among the patches of `qkv` (B, 3c, H, W) -> (B, c, H, W).
 
@@ -56,14 +73,8 @@ def patch_attention(qkv: Tensor, patch: tuple[int, int]) -> Tensor:
     ph, pw = patch
     if ph >= height and pw >= width:  # one token: softmax over one key is 1, the output is V itself (exactly)
         return qkv[:, 2 * channels:]
-    pad_h, pad_w = (-height) % ph, (-width) % pw
-    if pad_h or pad_w:
-        qkv = F.pad(qkv, (0, pad_w, 0, pad_h))
-    nh, nw = qkv.shape[-2] // ph, qkv.shape[-1] // pw
-    tokens = (qkv.reshape(batch, 3, channels, nh, ph, nw, pw)
-              .permute(1, 0, 3, 5, 2, 4, 6)
-              .reshape(3, batch, nh * nw, channels * ph * pw))
-    q, k, v = tokens.unbind(0)
+    q, k, v = patch_tokens(qkv, patch)
+    nh, nw = -(-height // ph), -(-width // pw)
     out = token_attention(q, k, v)
     out = (out.reshape(batch, nh, nw, channels, ph, pw)
            .permute(0, 3, 1, 4, 2, 5)
