@@ -8,8 +8,9 @@ the weight's size. Two reports per run, analysis only (they choose nothing):
   same initialisation), per part the mean |w| of the trained kernels over the mean |w| at initialisation (1.0: scale
   kept; 0.01: shrunk a hundredfold) and the decay term's mean size over that of Adam's first moment at the end of the
   run (near 1: the last updates were mostly decay);
-- attention: each MSA head computes softmax(Q K^T / D) over the tokens of one patch size, D being the token dimension
-  (channels x patch pixels); with tiny logits the weights are uniform and the head is a plain mean over its patches.
+- attention: each MSA head computes softmax(Q K^T s) over the tokens of one patch size, s the run's
+  `model.msa_logit_scale` (by default 1 / D, D being the token dimension: channels x patch pixels); with tiny logits
+  the weights are uniform and the head is a plain mean over its patches.
   For the best checkpoint, on the first validation batches (held-out normals and simulated anomalies; the test split
   is not read), per MSA block and per head with 4 and 16 tokens: the mean standard deviation of a query's logits and
   the mean of its largest weight (uniform: 1 / tokens).
@@ -28,7 +29,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from common import finished_run  # bench/ is sys.path[0] when run as a script
-from prn_lightning.models.prn.attention import MultiSizeAttentionBlock, patch_sizes, patch_tokens
+from prn_lightning.models.prn.attention import MultiSizeAttentionBlock, logit_scale, patch_sizes, patch_tokens
 from prn_lightning.models.prn.lightning_module import RUN_CONFIG_KEY
 from prn_lightning.workflows.module_factory import build_module
 
@@ -83,7 +84,7 @@ def head_statistics(block: MultiSizeAttentionBlock, x: Tensor) -> list[tuple[int
     rows = []
     for patch in patch_sizes(qkv.shape[-2], qkv.shape[-1], block.num_sizes)[HEADS]:
         q, k, _ = patch_tokens(qkv, patch)  # the tokens the network's own heads attend over
-        logits = torch.bmm(q, k.transpose(1, 2)) / q.shape[-1]
+        logits = torch.bmm(q, k.transpose(1, 2)) * logit_scale(q.shape[-1], block.scale_rule)
         weights = torch.softmax(logits, dim=-1)
         rows.append((q.shape[1], logits.std(dim=-1).mean().item(), weights.amax(dim=-1).mean().item()))
     return rows

@@ -146,10 +146,13 @@ def test_exported_model_equals_pytorch_on_real_images(fmt: str, reference, real_
     assert np.abs(single_map[0] - maps[3]).max() <= MAP_TOLERANCE and abs(single_score[0] - scores[3]) <= 1e-5
 
 
-def test_location_matching_exports_too(real_images, tmp_path: Path) -> None:
-    """model.prototype_match=location (nearest prototype vector per position, in a window) exports as well."""
+@pytest.mark.parametrize("options", [{"prototype_match": "location", "prototype_neighbourhood": 1},
+                                     {"msa_logit_scale": "sqrt_token_dim"}], ids=["location-match", "sqrt-scale"])
+def test_other_settings_export_too(options: dict, real_images, tmp_path: Path) -> None:
+    """model.prototype_match=location (nearest prototype vector per position, in a window) and
+    model.msa_logit_scale=sqrt_token_dim export as well."""
     normals, queries = real_images
-    network = lite0_network(normals, "torch", prototype_match="location", prototype_neighbourhood=1)
+    network = lite0_network(normals, "torch", **options)
     with torch.no_grad():
         expected_maps = anomaly_map(network(queries), 0.0)
     metadata = ModelMetadata(image_size=(SIZE, SIZE), threshold=0.5, backbone="tf_efficientnet_lite0",

@@ -153,21 +153,40 @@ def test_anomaly_map_and_smoothing():
     assert smoothed.sum().item() == pytest.approx(torch.sigmoid(spike).sum().item(), rel=1e-4)
 
 
-def test_patch_attention_matches_a_direct_computation():
+@pytest.mark.parametrize("rule, divisor", [("token_dim", 3 * 4 * 4), ("sqrt_token_dim", (3 * 4 * 4) ** 0.5)])
+def test_patch_attention_matches_a_direct_computation(rule, divisor):
     generator = torch.Generator().manual_seed(0)
     qkv = torch.randn(2, 3 * 3, 8, 8, generator=generator)
     q, k, v = qkv.chunk(3, dim=1)
     # One 8x8 patch: a single token attends only to itself, the output is V.
-    torch.testing.assert_close(patch_attention(qkv, (8, 8)), v)
-    # 4x4 patches: 4 tokens of dimension 3 x 4 x 4, gathered by explicit slicing.
+    torch.testing.assert_close(patch_attention(qkv, (8, 8), rule), v)
+    # 4x4 patches: 4 tokens of dimension D = 3 x 4 x 4, gathered by explicit slicing; logits Q K^T / D or / sqrt(D).
     def tokens(x):
         return torch.stack([x[:, :, i:i + 4, j:j + 4].flatten(1) for i in (0, 4) for j in (0, 4)], dim=1)
-    weights = torch.softmax(tokens(q) @ tokens(k).transpose(1, 2) / (3 * 4 * 4), dim=-1)
+    weights = torch.softmax(tokens(q) @ tokens(k).transpose(1, 2) / divisor, dim=-1)
     out_tokens = weights @ tokens(v)
     expected = torch.zeros_like(v)
     for t, (i, j) in enumerate([(0, 0), (0, 4), (4, 0), (4, 4)]):
         expected[:, :, i:i + 4, j:j + 4] = out_tokens[:, t].reshape(2, 3, 4, 4)
-    torch.testing.assert_close(patch_attention(qkv, (4, 4)), expected)
+    torch.testing.assert_close(patch_attention(qkv, (4, 4), rule), expected)
+
+
+def test_msa_logit_scale_comes_from_the_config_and_is_checked():
+    from omegaconf import OmegaConf
+
+    from prn_lightning.config import experiments_dir
+
+    model_cfg = OmegaConf.load(experiments_dir() / "model" / "base.yaml").model
+    model_cfg.backbone.weights, model_cfg.msa_blocks = "none", 1
+    model_cfg.msa_logit_scale = "sqrt_token_dim"
+    network = PRNNetwork.from_config(model_cfg, 64)
+    rules = {m.scale_rule for m in network.modules() if isinstance(m, MultiSizeAttentionBlock)}
+    assert rules == {"sqrt_token_dim"} and network.settings["msa_logit_scale"] == "sqrt_token_dim"
+    old = OmegaConf.to_container(model_cfg)
+    del old["msa_logit_scale"]  # a run config saved before the key existed: the re-implementation's 1 / D
+    assert PRNNetwork.from_config(old, 64).attention.stages[0][0].scale_rule == "token_dim"
+    with pytest.raises(ValueError, match="model.msa_logit_scale='sqrt' must be one of token_dim, sqrt_token_dim"):
+        MultiSizeAttentionBlock(channels=6, scale_rule="sqrt")
 
 
 def test_msa_handles_small_and_indivisible_maps():

@@ -163,6 +163,7 @@ RULES: dict[str, Rule] = {
     "model.use_msa": BOOL,
     "model.msa_blocks": integer(1),
     "model.msa_sizes": integer(1, 4),
+    "model.msa_logit_scale": choice("token_dim", "sqrt_token_dim"),
     "model.decoder_channels": list_of(integer(1), length=4),
     "model.loss.smooth_l1_weight": number(0.0),
     "model.loss.focal_weight": number(0.0),

@@ -31,8 +31,20 @@ def patch_sizes(height: int, width: int, num_sizes: int) -> list[tuple[int, int]
     return [(max(1, height >> s), max(1, width >> s)) for s in range(num_sizes)]
 
 
-def token_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """softmax(Q K^T / D) V for tokens (B, n, D), D the token dimension.
+LOGIT_SCALES = ("token_dim", "sqrt_token_dim")
+
+
+def logit_scale(token_dim: int, rule: str) -> float:
+    """The factor on Q K^T for tokens of dimension `token_dim` under `model.msa_logit_scale` = `rule`."""
+    if rule == "token_dim":
+        return 1.0 / token_dim
+    if rule == "sqrt_token_dim":
+        return token_dim ** -0.5
+    raise ValueError(f"model.msa_logit_scale={rule!r} must be one of {', '.join(LOGIT_SCALES)}")
+
+
+def token_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """softmax(Q K^T * scale) V for tokens (B, n, D).
 
     When gradients are recorded (training) it is two batched matrix products around a softmax: with few tokens of
     thousands of dimensions they take about 25 % less time, fwd + bwd, than PyTorch's fused CPU kernel, which tiles
@@ -40,8 +52,8 @@ def token_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     translate as before (OpenVINO fuses the plain MatMul-Softmax-MatMul pattern into a kernel that loses accuracy
     at these token sizes). Both compute the same values up to float rounding (~3e-7)."""
     if not torch.is_grad_enabled():
-        return F.scaled_dot_product_attention(q, k, v, scale=1.0 / q.shape[-1])
-    weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)).mul_(1.0 / q.shape[-1]), dim=-1)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)).mul_(scale), dim=-1)
     return torch.bmm(weights, v)
 
 
@@ -62,11 +74,12 @@ def patch_tokens(qkv: Tensor, patch: tuple[int, int]) -> tuple[Tensor, Tensor, T
     return tokens.unbind(0)
 
 
-def patch_attention(qkv: Tensor, patch: tuple[int, int]) -> Tensor:
+def patch_attention(qkv: Tensor, patch: tuple[int, int], scale_rule: str = "token_dim") -> Tensor:
     """Self-attention among the patches of `qkv` (B, 3c, H, W) -> (B, c, H, W).
 
     A map that the patch size does not divide is zero-padded at the bottom/right and cropped back afterwards.
-    The head whose patch is the whole map has a single token and skips the attention arithmetic.
+    The head whose patch is the whole map has a single token and skips the attention arithmetic. `scale_rule` is a
+    `model.msa_logit_scale` value.
     """
     batch, channels3, height, width = qkv.shape
     channels = channels3 // 3
@@ -75,7 +88,7 @@ def patch_attention(qkv: Tensor, patch: tuple[int, int]) -> Tensor:
         return qkv[:, 2 * channels:]
     q, k, v = patch_tokens(qkv, patch)
     nh, nw = -(-height // ph), -(-width // pw)
-    out = token_attention(q, k, v)
+    out = token_attention(q, k, v, logit_scale(q.shape[-1], scale_rule))
     out = (out.reshape(batch, nh, nw, channels, ph, pw)
            .permute(0, 3, 1, 4, 2, 5)
            .reshape(batch, channels, nh * ph, nw * pw))
@@ -106,9 +119,11 @@ class MultiSizeAttentionBlock(nn.Module):
     out = ReLU(x + BN(depthwise_conv3x3(ReLU(BN(conv1x1(concat(heads)))))))
     """
 
-    def __init__(self, channels: int, num_sizes: int = 4) -> None:
+    def __init__(self, channels: int, num_sizes: int = 4, scale_rule: str = "token_dim") -> None:
         super().__init__()
+        logit_scale(1, scale_rule)  # a wrong value fails here, when the network is built
         self.num_sizes = num_sizes
+        self.scale_rule = scale_rule
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.reduce = nn.Sequential(
             nn.Conv2d(channels * num_sizes, channels, 1, bias=False),
@@ -127,7 +142,8 @@ class MultiSizeAttentionBlock(nn.Module):
     def mixed_heads_by_patches(self, x: Tensor) -> Tensor:
         """conv1x1(concat(heads)) with patch tokens (any map size)."""
         qkv = self.qkv(x)
-        heads = [patch_attention(qkv, size) for size in patch_sizes(x.shape[-2], x.shape[-1], self.num_sizes)]
+        heads = [patch_attention(qkv, size, self.scale_rule)
+                 for size in patch_sizes(x.shape[-2], x.shape[-1], self.num_sizes)]
         return self.reduce[0](torch.cat(heads, dim=1))
 
     def mixed_heads(self, x: Tensor) -> Tensor:
@@ -144,7 +160,7 @@ class MultiSizeAttentionBlock(nn.Module):
                 heads.append(v)
                 continue
             q_s, k_s, v_s = (t.view(batch, tokens, -1) for t in (q, k, v))
-            out = token_attention(q_s, k_s, v_s)
+            out = token_attention(q_s, k_s, v_s, logit_scale(q_s.shape[-1], self.scale_rule))
             heads.append(out.view(batch, height * width, channels))
         mixed = F.linear(torch.cat(heads, dim=2), self.reduce[0].weight.flatten(1))
         return from_quadtree(mixed, levels, height, width)
@@ -153,13 +169,14 @@ class MultiSizeAttentionBlock(nn.Module):
 class MultiSizeAttention(nn.Module):
     """`blocks` MSA blocks at each stage; stages are processed independently (fusion happens around MSA)."""
 
-    def __init__(self, channels: Sequence[int], blocks: int = 3, num_sizes: int = 4) -> None:
+    def __init__(self, channels: Sequence[int], blocks: int = 3, num_sizes: int = 4,
+                 scale_rule: str = "token_dim") -> None:
         super().__init__()
         if blocks < 1 or num_sizes < 1:
             raise ValueError(f"model.msa_blocks={blocks} and model.msa_sizes={num_sizes} must both be >= 1 "
                              "(switch MSA off with model.use_msa=false)")
         self.stages = nn.ModuleList(
-            nn.Sequential(*[MultiSizeAttentionBlock(c, num_sizes) for _ in range(blocks)]) for c in channels
+            nn.Sequential(*[MultiSizeAttentionBlock(c, num_sizes, scale_rule) for _ in range(blocks)]) for c in channels
         )
 
     def forward(self, maps: Sequence[Tensor]) -> list[Tensor]:

@@ -53,6 +53,7 @@ class PRNNetwork(nn.Module):
         use_msa: bool = True,
         msa_blocks: int = 3,
         msa_sizes: int = 4,
+        msa_logit_scale: str = "token_dim",
         decoder_channels: Sequence[int] = (256, 128, 64, 32),
     ) -> None:
         super().__init__()
@@ -71,6 +72,7 @@ class PRNNetwork(nn.Module):
             "use_prototypes": use_prototypes, "prototype_lookup": prototype_lookup, "use_fusion": use_fusion,
             "prototype_match": prototype_match, "prototype_neighbourhood": prototype_neighbourhood,
             "use_msa": use_msa, "msa_blocks": msa_blocks, "msa_sizes": msa_sizes,
+            "msa_logit_scale": msa_logit_scale,
             "decoder_channels": [int(c) for c in decoder_channels],
         }
         config = backbone.model.pretrained_cfg
@@ -85,7 +87,7 @@ class PRNNetwork(nn.Module):
         with_residuals = use_fusion and use_prototypes
         self.residual_fusion = MultiScaleFusion(stage_channels, stage_strides) if with_residuals else None
         merged = [2 * c if use_prototypes else c for c in stage_channels]
-        self.attention = MultiSizeAttention(merged, msa_blocks, msa_sizes) if use_msa else None
+        self.attention = MultiSizeAttention(merged, msa_blocks, msa_sizes, msa_logit_scale) if use_msa else None
         self.attention_fusion = MultiScaleFusion(merged, stage_strides) if use_msa and use_fusion else None
         self.decoder = UNetDecoder(merged, channels[-1], decoder_channels)
 
@@ -115,6 +117,7 @@ class PRNNetwork(nn.Module):
             use_msa=bool(cfg.use_msa),
             msa_blocks=int(cfg.msa_blocks),
             msa_sizes=int(cfg.msa_sizes),
+            msa_logit_scale=str(cfg.get("msa_logit_scale", "token_dim")),  # configs saved before the key: 1 / D
             decoder_channels=[int(c) for c in cfg.decoder_channels],
         )
 
