@@ -178,6 +178,29 @@ def test_factory_maps_the_run_config_onto_the_arguments():
         {k: v.shape for k, v in module.network.state_dict().items()}
 
 
+@pytest.mark.parametrize("qkv_decay", ["null", "0.0"])
+def test_qkv_weight_decay_is_a_group_of_every_attention_projection(qkv_decay):
+    """model.optimizer.qkv_weight_decay gives the attention's Q/K/V projections, and nothing else, their own decay;
+    unset (null), one group decays everything alike."""
+    cfg = load_config(["model.backbone.weights=none", "data.image_size=64", "model.msa_blocks=2",
+                       "model.msa_logit_scale=sqrt_token_dim", f"model.optimizer.qkv_weight_decay={qkv_decay}"])
+    module = build_module(cfg)
+    assert module.network.attention.stages[0][0].scale_rule == "sqrt_token_dim"
+    module.trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False)
+    optimiser = module.configure_optimizers()  # scheduler none: the optimiser alone
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    if qkv_decay == "null":
+        assert len(optimiser.param_groups) == 1 and optimiser.param_groups[0]["weight_decay"] == 1e-2
+        assert len(optimiser.param_groups[0]["params"]) == len(trainable)
+        return
+    rest, qkv = optimiser.param_groups
+    assert (rest["weight_decay"], qkv["weight_decay"]) == (1e-2, 0.0)
+    names = {id(p): name for name, p in module.named_parameters()}
+    assert sorted(names[id(p)].rsplit(".", 3)[-2:][0] for p in qkv["params"]) == ["qkv"] * 2 * 2 * 3  # w, b x 2 x 3
+    assert all(".qkv." not in names[id(p)] for p in rest["params"])
+    assert len(rest["params"]) + len(qkv["params"]) == len(trainable)
+
+
 def test_checkpoint_from_before_explicit_arguments_asks_to_retrain(tmp_path):
     path = tmp_path / "old.ckpt"
     torch.save({"hyper_parameters": {"cfg": {"model": {}}, "defect_types": []}, "state_dict": {}}, path)

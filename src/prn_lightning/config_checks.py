@@ -175,6 +175,7 @@ RULES: dict[str, Rule] = {
     "model.optimizer.name": choice("adam", "adamw", "sgd"),
     "model.optimizer.lr": number(0.0, low_open=True),
     "model.optimizer.weight_decay": number(0.0),
+    "model.optimizer.qkv_weight_decay": optional(number(0.0)),
     "model.scheduler.name": choice("none", "cosine", "step", "warmup_cosine"),
     "model.scheduler.step_size": integer(1),
     "model.scheduler.gamma": number(0.0, low_open=True),

@@ -18,11 +18,13 @@ from prn_lightning.models.prn.optimisation import OptimiserSettings, PrototypeSe
 def build_module(cfg: DictConfig, defect_types: Sequence[str] = (), pretrained_backbone: bool = True) -> PRNModule:
     """A fresh module for the run `cfg`; the resolved config travels in its checkpoints (`module.run_config`)."""
     model = cfg.model
+    qkv_decay = model.optimizer.get("qkv_weight_decay")  # absent from run configs saved before the key existed
     module = PRNModule(
         network=PRNNetwork.from_config(model, cfg.data.image_size, pretrained_backbone),
         loss=PRNLoss.from_config(model.loss),
         optimiser=OptimiserSettings(name=str(model.optimizer.name), lr=float(model.optimizer.lr),
-                                    weight_decay=float(model.optimizer.weight_decay)),
+                                    weight_decay=float(model.optimizer.weight_decay),
+                                    qkv_weight_decay=None if qkv_decay is None else float(qkv_decay)),
         scheduler=SchedulerSettings(name=str(model.scheduler.name), step_size=int(model.scheduler.step_size),
                                     gamma=float(model.scheduler.gamma),
                                     warmup_steps=int(model.scheduler.warmup_steps),

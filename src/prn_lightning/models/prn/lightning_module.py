@@ -32,6 +32,7 @@ from prn_lightning.metrics.names import (
     VAL,
     key,
 )
+from prn_lightning.models.prn.attention import MultiSizeAttentionBlock
 from prn_lightning.models.prn.loss import PRNLoss
 from prn_lightning.models.prn.network import PRNNetwork
 from prn_lightning.models.prn.optimisation import (
@@ -291,7 +292,8 @@ class PRNModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self):
-        optimiser = build_optimiser(self.optimiser_settings, [p for p in self.parameters() if p.requires_grad])
+        qkv = [p for m in self.network.modules() if isinstance(m, MultiSizeAttentionBlock) for p in m.qkv.parameters()]
+        optimiser = build_optimiser(self.optimiser_settings, [p for p in self.parameters() if p.requires_grad], qkv)
         steps = self.trainer.estimated_stepping_batches if self.scheduler_settings.name == "warmup_cosine" else math.inf
         scheduler = build_scheduler(self.scheduler_settings, optimiser, int(self.trainer.max_epochs or 1), steps)
         return optimiser if scheduler is None else {"optimizer": optimiser, "lr_scheduler": scheduler}

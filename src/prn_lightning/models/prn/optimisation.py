@@ -19,11 +19,14 @@ SCHEDULERS = ("none", "cosine", "step", "warmup_cosine")
 
 @dataclass(frozen=True)
 class OptimiserSettings:
-    """`model.optimizer`: adam | adamw | sgd (momentum 0.9) over the trainable parameters."""
+    """`model.optimizer`: adam | adamw | sgd (momentum 0.9) over the trainable parameters. `qkv_weight_decay`, when
+    set, replaces `weight_decay` for the attention's query/key/value projections alone (decay shrinks them until
+    the heads are uniform: README "Attention logit scale")."""
 
     name: str = "adam"
     lr: float = 1.0e-4
     weight_decay: float = 1.0e-2
+    qkv_weight_decay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,20 @@ class WarmupCosine:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimiser(settings: OptimiserSettings, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimiser(settings: OptimiserSettings, params: list[torch.nn.Parameter],
+                    qkv_params: list[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """The optimiser over `params`; those also in `qkv_params` (the attention's Q/K/V projections) form a second
+    group with `settings.qkv_weight_decay` when it is set."""
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if settings.qkv_weight_decay is not None:
+        qkv = {id(p) for p in qkv_params}
+        groups = [{"params": [p for p in params if id(p) not in qkv]},
+                  {"params": [p for p in params if id(p) in qkv], "weight_decay": settings.qkv_weight_decay}]
     if settings.name in ("adam", "adamw"):
         kind = torch.optim.Adam if settings.name == "adam" else torch.optim.AdamW
-        return kind(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        return kind(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     if settings.name == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, weight_decay=settings.weight_decay, momentum=0.9)
+        return torch.optim.SGD(groups, lr=settings.lr, weight_decay=settings.weight_decay, momentum=0.9)
     raise ConfigError(f"model.optimizer.name={settings.name!r} is not one of {', '.join(OPTIMISERS)}")
 
 
