@@ -41,10 +41,26 @@ PARTS = (  # (label, parameter-name prefix), first match wins
 )
 
 
+def is_qkv(name: str) -> bool:
+    return name.startswith("network.attention.stages.") and ".qkv." in name
+
+
 def part_of(name: str) -> str | None:
     if name.startswith("network.attention.stages."):
-        return "attention Q/K/V projections" if ".qkv." in name else "attention output blocks"
+        return "attention Q/K/V projections" if is_qkv(name) else "attention output blocks"
     return next((label for label, prefix in PARTS if name.startswith(prefix)), None)
+
+
+def optimiser_slots(saved: dict, trainable: list[str]) -> list[tuple[str, float, Tensor]]:
+    """(parameter name, its group's weight decay, Adam's first moment) in the optimiser's own order: one group, or
+    with `model.optimizer.qkv_weight_decay` the other parameters first and the Q/K/V projections second."""
+    optimiser = saved["optimizer_states"][0]
+    groups = optimiser["param_groups"]
+    order = trainable if len(groups) == 1 else ([n for n in trainable if not is_qkv(n)]
+                                                + [n for n in trainable if is_qkv(n)])
+    decay_of = {index: float(group["weight_decay"]) for group in groups for index in group["params"]}
+    return [(order[index], decay_of[index], state["exp_avg"])
+            for index, state in sorted(optimiser["state"].items())]
 
 
 def shrinkage(run: Path) -> list[str]:
@@ -55,10 +71,13 @@ def shrinkage(run: Path) -> list[str]:
     initial = dict(build_module(config, pretrained_backbone=False).named_parameters())
     trained = saved["state_dict"]
     decay = float(config.model.optimizer.weight_decay)
-    moments = [state["exp_avg"] for _, state in sorted(saved["optimizer_states"][0]["state"].items())]
     trainable = [name for name, p in initial.items() if p.requires_grad]
+    slots = optimiser_slots(saved, trainable)
+    if len(slots) != len(trainable):
+        raise SystemExit(f"{run}: the optimiser holds {len(slots)} parameters, the run's config builds "
+                         f"{len(trainable)}")
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])  # |w0|, |w|, |decay w|, |moment|
-    for name, moment in zip(trainable, moments, strict=True):
+    for name, group_decay, moment in slots:
         part = part_of(name)
         if part is None or initial[name].dim() < 2:  # kernels only: biases and norm scales start at 0 / 1
             continue
@@ -66,9 +85,11 @@ def shrinkage(run: Path) -> list[str]:
         totals = sums[part]
         totals[0] += initial[name].detach().abs().sum().item()
         totals[1] += weight.abs().sum().item()
-        totals[2] += (decay * weight).abs().sum().item()
+        totals[2] += (group_decay * weight).abs().sum().item()
         totals[3] += moment.abs().sum().item()
-    lines = [f"{run} (last checkpoint, epoch {saved['epoch']}, weight decay {decay:g})"]
+    qkv_decay = config.model.optimizer.get("qkv_weight_decay")
+    own = "" if qkv_decay is None else f", Q/K/V {float(qkv_decay):g}"
+    lines = [f"{run} (last checkpoint, epoch {saved['epoch']}, weight decay {decay:g}{own})"]
     for part, (initial_sum, trained_sum, decay_sum, moment_sum) in sums.items():
         lines.append(f"  {part:<30} trained / initial mean |w|: {trained_sum / initial_sum:.3f}; "
                      f"decay term / first moment: {decay_sum / moment_sum:.2f}")
