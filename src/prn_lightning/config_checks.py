@@ -96,6 +96,7 @@ IMAGE_SIZE = Rule(lambda v: SIDE.accepts(v) or (isinstance(v, (list, tuple)) and
                   "e.g. 256 or [256, 512]")
 FRACTION_OR_COUNT = either(number(0.0, 1.0, low_open=True), integer(1))
 RESIZE_POLICIES = ("squash", "keep-aspect")  # data.resize: stretch to image_size, or scale the long side and pad
+MSA_LOGIT_SCALES = ("token_dim", "sqrt_token_dim")  # model.msa_logit_scale: Q K^T / D or / sqrt(D)
 DEFECT_AUGMENTATIONS = ("photometric", "geometric", "none")  # data.seen_augmentation, extended_defect_augmentation
 SOURCE_AUGMENTATION_OPS = ("gamma", "brightness_contrast", "sharpness", "hue_saturation", "solarize", "posterize",
                            "invert", "autocontrast", "equalize", "rotate")  # DRAEM's augmenters for anomaly sources
@@ -163,7 +164,7 @@ RULES: dict[str, Rule] = {
     "model.use_msa": BOOL,
     "model.msa_blocks": integer(1),
     "model.msa_sizes": integer(1, 4),
-    "model.msa_logit_scale": choice("token_dim", "sqrt_token_dim"),
+    "model.msa_logit_scale": choice(*MSA_LOGIT_SCALES),
     "model.decoder_channels": list_of(integer(1), length=4),
     "model.loss.smooth_l1_weight": number(0.0),
     "model.loss.focal_weight": number(0.0),

@@ -25,13 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prn_lightning.config_checks import MSA_LOGIT_SCALES
+
 
 def patch_sizes(height: int, width: int, num_sizes: int) -> list[tuple[int, int]]:
     """Patch size per head: (h / 2^s, w / 2^s), floored and clamped to >= 1 for small maps."""
     return [(max(1, height >> s), max(1, width >> s)) for s in range(num_sizes)]
-
-
-LOGIT_SCALES = ("token_dim", "sqrt_token_dim")
 
 
 def logit_scale(token_dim: int, rule: str) -> float:
@@ -40,7 +39,7 @@ def logit_scale(token_dim: int, rule: str) -> float:
         return 1.0 / token_dim
     if rule == "sqrt_token_dim":
         return token_dim ** -0.5
-    raise ValueError(f"model.msa_logit_scale={rule!r} must be one of {', '.join(LOGIT_SCALES)}")
+    raise ValueError(f"model.msa_logit_scale={rule!r} must be one of {', '.join(MSA_LOGIT_SCALES)}")
 
 
 def token_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
