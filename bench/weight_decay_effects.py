@@ -30,7 +30,7 @@ from torch import Tensor
 
 from common import finished_run  # bench/ is sys.path[0] when run as a script
 from prn_lightning.models.prn.attention import MultiSizeAttentionBlock, logit_scale, patch_sizes, patch_tokens
-from prn_lightning.models.prn.lightning_module import RUN_CONFIG_KEY
+from prn_lightning.models.prn.lightning_module import RUN_CONFIG_KEY, PRNModule
 from prn_lightning.workflows.module_factory import build_module
 
 PARTS = (  # (label, parameter-name prefix), first match wins
@@ -41,24 +41,19 @@ PARTS = (  # (label, parameter-name prefix), first match wins
 )
 
 
-def is_qkv(name: str) -> bool:
-    return name.startswith("network.attention.stages.") and ".qkv." in name
-
-
 def part_of(name: str) -> str | None:
     if name.startswith("network.attention.stages."):
-        return "attention Q/K/V projections" if is_qkv(name) else "attention output blocks"
+        return "attention Q/K/V projections" if ".qkv." in name else "attention output blocks"
     return next((label for label, prefix in PARTS if name.startswith(prefix)), None)
 
 
-def optimiser_slots(saved: dict, trainable: list[str]) -> list[tuple[str, float, Tensor]]:
-    """(parameter name, its group's weight decay, Adam's first moment) in the optimiser's own order: one group, or
-    with `model.optimizer.qkv_weight_decay` the other parameters first and the Q/K/V projections second."""
+def optimiser_slots(saved: dict, module: PRNModule) -> list[tuple[str, float, Tensor]]:
+    """(parameter name, its group's weight decay, Adam's first moment) in the saved optimiser's order, which is that
+    of the optimiser the run's module builds (its groups and their order)."""
+    names = {id(p): name for name, p in module.named_parameters()}
+    order = [names[id(p)] for group in module.build_optimiser().param_groups for p in group["params"]]
     optimiser = saved["optimizer_states"][0]
-    groups = optimiser["param_groups"]
-    order = trainable if len(groups) == 1 else ([n for n in trainable if not is_qkv(n)]
-                                                + [n for n in trainable if is_qkv(n)])
-    decay_of = {index: float(group["weight_decay"]) for group in groups for index in group["params"]}
+    decay_of = {index: float(group["weight_decay"]) for group in optimiser["param_groups"] for index in group["params"]}
     return [(order[index], decay_of[index], state["exp_avg"])
             for index, state in sorted(optimiser["state"].items())]
 
@@ -68,11 +63,12 @@ def shrinkage(run: Path) -> list[str]:
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     config = OmegaConf.create(saved[RUN_CONFIG_KEY])
     torch.manual_seed(int(config.seed))
-    initial = dict(build_module(config, pretrained_backbone=False).named_parameters())
+    module = build_module(config, pretrained_backbone=False)
+    initial = dict(module.named_parameters())
     trained = saved["state_dict"]
     decay = float(config.model.optimizer.weight_decay)
     trainable = [name for name, p in initial.items() if p.requires_grad]
-    slots = optimiser_slots(saved, trainable)
+    slots = optimiser_slots(saved, module)
     if len(slots) != len(trainable):
         raise SystemExit(f"{run}: the optimiser holds {len(slots)} parameters, the run's config builds "
                          f"{len(trainable)}")
