@@ -51,7 +51,7 @@ def optimiser_slots(saved: dict, module: PRNModule) -> list[tuple[str, float, Te
     """(parameter name, its group's weight decay, Adam's first moment) in the saved optimiser's order, which is that
     of the optimiser the run's module builds (its groups and their order)."""
     names = {id(p): name for name, p in module.named_parameters()}
-    order = [names[id(p)] for group in module.build_optimiser().param_groups for p in group["params"]]
+    order = [names[id(p)] for group in module.new_optimiser().param_groups for p in group["params"]]
     optimiser = saved["optimizer_states"][0]
     decay_of = {index: float(group["weight_decay"]) for group in optimiser["param_groups"] for index in group["params"]}
     return [(order[index], decay_of[index], state["exp_avg"])

@@ -291,14 +291,14 @@ class PRNModule(pl.LightningModule):
             self.log(key(TEST, metric.name), values[metric.name])
 
     # ----------------------------------------------------------------- optimisation
-    def build_optimiser(self) -> torch.optim.Optimizer:
+    def new_optimiser(self) -> torch.optim.Optimizer:
         """The optimiser over the trainable parameters, the attention's Q/K/V projections as its own group when
         `model.optimizer.qkv_weight_decay` is set."""
         qkv = [p for m in self.network.modules() if isinstance(m, MultiSizeAttentionBlock) for p in m.qkv.parameters()]
         return build_optimiser(self.optimiser_settings, [p for p in self.parameters() if p.requires_grad], qkv)
 
     def configure_optimizers(self):
-        optimiser = self.build_optimiser()
+        optimiser = self.new_optimiser()
         steps = self.trainer.estimated_stepping_batches if self.scheduler_settings.name == "warmup_cosine" else math.inf
         scheduler = build_scheduler(self.scheduler_settings, optimiser, int(self.trainer.max_epochs or 1), steps)
         return optimiser if scheduler is None else {"optimizer": optimiser, "lr_scheduler": scheduler}
