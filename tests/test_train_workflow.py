@@ -171,6 +171,35 @@ def test_bfloat16_mixed_precision_trains_on_cpu(finished_run: Path, tmp_path):
     assert abs(bf16_loss - float32_loss) < 0.2 * float32_loss
 
 
+def test_gradient_clipping_bounds_every_step(tmp_path, monkeypatch):
+    """`trainer.gradient_clip_val` (README "Gradient clipping") reaches Lightning: every step's gradient is larger than
+    the value before clipping and no larger after it."""
+    import lightning.pytorch as pl
+
+    import prn_lightning.workflows.train as train_workflow
+
+    clip, before, after = 1e-3, [], []
+
+    def total_norm(module: torch.nn.Module) -> float:
+        return float(sum(p.grad.detach().pow(2).sum() for p in module.parameters() if p.grad is not None)) ** 0.5
+
+    class Norms(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # Lightning clips after this hook
+            before.append(total_norm(pl_module))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # the gradients just stepped with
+            after.append(total_norm(pl_module))
+
+    build = train_workflow.build_trainer
+    monkeypatch.setattr(train_workflow, "build_trainer",
+                        lambda cfg, run_dir, logger, callbacks: build(cfg, run_dir, logger, [*callbacks, Norms()]))
+    run_train(load_config(tiny_overrides(tmp_path, **{
+        "trainer.max_epochs": "1", "logger": "none", "trainer.gradient_clip_val": str(clip)})))
+    assert len(before) == len(after) == 3
+    assert min(before) > clip
+    assert max(after) <= clip * (1 + 1e-4)
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     code = prn(["train", *tiny_overrides(tmp_path, resume="true", run_dir=str(tmp_path / "nothing"))])
     assert code == 2
